@@ -1,0 +1,212 @@
+"""Composition root: builds the parts in order, serves, and drains.
+
+Order matters. The listener comes up first so that /health answers while backends start
+(a StatefulSet can take minutes; liveness must not kill us meanwhile) and a taken port
+fails fast. Then the session store, then the backends. Shutdown runs the same list
+backwards within ``drain_timeout``:
+
+1. /readyz turns 503 at once; /health stays 200.
+2. For ``drain_delay`` everything is still served, new connections included, so the
+   endpoint removal reaches every load balancer first.
+3. The listener closes, idle keep-alive connections close, open SSE streams end at an
+   event boundary with a ``retry:`` hint, and requests already received run to completion.
+4. What still runs at the deadline is cancelled and counted in the log.
+5. Backends this process started, the store and the HTTP client are closed. A Kubernetes
+   backend StatefulSet is left running: other replicas use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable
+from typing import Any, Final
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from proxyrunner.backends.directory import BackendDirectory
+from proxyrunner.config import RunConfig, Secrets, describe
+from proxyrunner.errors import StartupError
+from proxyrunner.lifecycle import StopSignals
+from proxyrunner.logging import get_logger
+from proxyrunner.metrics import Metrics
+from proxyrunner.proxy.server import ServingState, build_app
+from proxyrunner.proxy.streamable import ProxyParts
+from proxyrunner.proxy.streams import StreamRegistry
+from proxyrunner.sessions.factory import build_store
+from proxyrunner.sessions.store import SessionStore
+
+# Time kept back from drain_timeout for closing clients and child processes.
+_CLOSE_RESERVE: Final = 2.0
+_RECONNECT_HINT_MS: Final = 500
+
+
+def _backend_client(config: RunConfig) -> aiohttp.ClientSession:
+    # One pooled keep-alive session for every backend request of the process. No total
+    # timeout: SSE streams live as long as the session; the time to response headers is
+    # bounded per request by backend_timeout.
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=10)
+    return aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,  # relay bytes as the backend encoded them
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
+        skip_auto_headers=("User-Agent",),
+    )
+
+
+def _build_directory(
+    config: RunConfig,
+    metrics: Metrics,
+    log: structlog.stdlib.BoundLogger,
+    client: aiohttp.ClientSession,
+    kube_api: Any,
+) -> BackendDirectory:
+    if config.runtime == "kubernetes":
+        from proxyrunner.kube.directory import KubernetesBackendDirectory
+
+        return KubernetesBackendDirectory(config, kube_api, metrics, log)
+    from proxyrunner.backends.local import LocalBackendDirectory
+
+    return LocalBackendDirectory(config, metrics, log, client)
+
+
+class ProxyProcess:
+    """One proxyrunner process: ``await ProxyProcess(...).run()`` returns the exit code."""
+
+    def __init__(self, config: RunConfig, secrets: Secrets, kube_api: Any = None) -> None:
+        self.config = config
+        self._secrets = secrets
+        self._kube_api = kube_api
+        self.log = get_logger().bind(server=config.name)
+        self.metrics = Metrics()
+        self.signals = StopSignals(self.log)
+        self.state = ServingState()
+        self.streams = StreamRegistry()
+
+    async def run(self) -> int:
+        config = self.config
+        self.signals.install()
+        client = _backend_client(config)
+        store: SessionStore | None = None
+        directory: BackendDirectory | None = None
+        runner: web.AppRunner | None = None
+        try:
+            store = build_store(config, self._secrets, self.metrics, self.log)
+            directory = _build_directory(config, self.metrics, self.log, client, self._kube_api)
+            parts = ProxyParts(
+                config, store, directory, self.metrics, client, self.streams, self.log
+            )
+            app = build_app(parts, self.state)
+            app.on_shutdown.append(self._end_streams)
+            runner = web.AppRunner(
+                app,
+                handle_signals=False,
+                access_log=None,
+                shutdown_timeout=max(
+                    0.5, config.drain_timeout - config.drain_delay - _CLOSE_RESERVE
+                ),
+            )
+            await runner.setup()
+            await self._listen(runner)
+            self.log.info("starting", **describe(config))
+            if not await self._until_stop(store.start(), "session store"):
+                return self._exit_code()
+            if not await self._until_stop(directory.start(), "backends"):
+                return self._exit_code()
+            self.log.info("ready", backends=directory.describe(), store=store.health().reason)
+            await self.signals.stop_requested.wait()
+            await self._drain(runner)
+            runner = None
+            return self._exit_code()
+        finally:
+            await self._release(runner, directory, store, client)
+            self.signals.uninstall()
+
+    def _exit_code(self) -> int:
+        return 1 if self.signals.force_requested.is_set() else 0
+
+    async def _listen(self, runner: web.AppRunner) -> None:
+        site = web.TCPSite(
+            runner, self.config.host, self.config.port, reuse_address=True, backlog=1024
+        )
+        try:
+            await site.start()
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen on {self.config.host}:{self.config.port}: {exc.strerror or exc}"
+            ) from exc
+        for address in runner.addresses:
+            host, port = address[0], address[1]
+            self.log.info("listening", url=f"http://{host}:{port}/mcp")
+
+    async def _until_stop(self, start: Awaitable[None], what: str) -> bool:
+        """Run a start step unless a stop signal arrives first; False if stopped."""
+        task = asyncio.ensure_future(start)
+        stop = asyncio.ensure_future(self.signals.stop_requested.wait())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if task.done():
+            task.result()  # re-raise a startup failure
+            return True
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        self.log.info("stopped while starting", step=what)
+        return False
+
+    async def _end_streams(self, app: web.Application) -> None:
+        self.streams.close_all(_RECONNECT_HINT_MS)
+
+    async def _drain(self, runner: web.AppRunner) -> None:
+        config = self.config
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        self.state.draining = True
+        self.log.info(
+            "draining",
+            drain_delay=config.drain_delay,
+            drain_timeout=config.drain_timeout,
+            inflight=self.streams.inflight,
+        )
+        if await self.signals.wait_or_force(config.drain_delay):
+            return
+        cleanup = asyncio.ensure_future(runner.cleanup())
+        force = asyncio.ensure_future(self.signals.force_requested.wait())
+        await asyncio.wait({cleanup, force}, return_when=asyncio.FIRST_COMPLETED)
+        force.cancel()
+        if not cleanup.done():
+            cleanup.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await cleanup
+        else:
+            cleanup.result()
+        self.log.info(
+            "drained",
+            seconds=round(loop.time() - started, 3),
+            cancelled=self.streams.cancelled,
+        )
+
+    async def _release(
+        self,
+        runner: web.AppRunner | None,
+        directory: BackendDirectory | None,
+        store: SessionStore | None,
+        client: aiohttp.ClientSession,
+    ) -> None:
+        if runner is not None:
+            await runner.cleanup()
+        for name, closer in (
+            ("backends", directory.close if directory else None),
+            ("session store", store.close if store else None),
+            ("http client", client.close),
+        ):
+            if closer is None:
+                continue
+            try:
+                await closer()
+            except Exception:
+                self.log.exception("error while closing", part=name)

@@ -1,0 +1,196 @@
+"""Command line: ``proxyrunner run``, ``proxyrunner config validate``, ``--version``.
+
+Exit codes (documented in the README):
+  0  clean exit, including after a graceful drain
+  1  anything unexpected (with a logged traceback), or a forced stop by a second signal
+  2  configuration error: the message names the field, the rule and the value
+  3  startup failure: port taken, backend never ready, Redis refused our credentials
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Final
+
+from proxyrunner import __version__
+from proxyrunner.config import (
+    LoadedConfig,
+    RunConfig,
+    apply_env_overrides,
+    dump_json,
+    find_config_file,
+    load_config_file,
+    secrets_from_env,
+)
+from proxyrunner.durations import parse_duration
+from proxyrunner.errors import ConfigError, StartupError
+from proxyrunner.logging import configure_logging, get_logger
+
+EXIT_OK: Final = 0
+EXIT_UNEXPECTED: Final = 1
+EXIT_CONFIG: Final = 2
+EXIT_STARTUP: Final = 3
+
+
+def embedded_config() -> RunConfig:
+    """The embedded default: two local demo MCP servers behind the proxy on 127.0.0.1:8080,
+    sessions in memory. ``config/embedded.json`` is the same config as a file."""
+    return RunConfig(
+        name="demo",
+        cmd_args=(sys.executable, "-m", "proxyrunner.demo"),
+        backend_replicas=2,
+        host="127.0.0.1",
+        port=8080,
+    )
+
+
+def _duration_arg(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="proxyrunner",
+        description="An MCP proxy for running Model Context Protocol servers at scale.",
+    )
+    parser.add_argument("--version", action="version", version=f"proxyrunner {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="serve MCP traffic")
+    source = run.add_mutually_exclusive_group()
+    source.add_argument("--config", type=Path, help="RunConfig file (JSON or YAML)")
+    source.add_argument(
+        "--configmap",
+        metavar="NAMESPACE/NAME",
+        help="read the RunConfig from this ConfigMap (key runconfig.json) through the API",
+    )
+    source.add_argument(
+        "--embedded",
+        action="store_true",
+        help="run the embedded default: two local demo MCP servers, in-memory sessions",
+    )
+    run.add_argument("--host", help="listen address (overrides the RunConfig)")
+    run.add_argument("--port", type=int, help="listen port (overrides the RunConfig)")
+    run.add_argument("--drain-delay", type=_duration_arg, help="e.g. 5s (overrides RunConfig)")
+    run.add_argument("--drain-timeout", type=_duration_arg, help="e.g. 25s (overrides RunConfig)")
+    run.add_argument("--log-format", choices=("json", "console", "auto"), default="auto")
+    run.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+
+    config = commands.add_parser("config", help="work with RunConfig files")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    validate = config_commands.add_parser(
+        "validate", help="check a RunConfig and print it normalized"
+    )
+    validate.add_argument("path", type=Path)
+    return parser
+
+
+def _apply_flags(config: RunConfig, args: argparse.Namespace) -> RunConfig:
+    changes: dict[str, Any] = {}
+    if args.host is not None:
+        changes["host"] = args.host
+    if args.port is not None:
+        if not 0 <= args.port <= 65535:
+            raise ConfigError(f"--port: must be between 0 and 65535, got {args.port}")
+        changes["port"] = args.port
+    if args.drain_delay is not None:
+        changes["drain_delay"] = args.drain_delay
+    if args.drain_timeout is not None:
+        if args.drain_timeout <= 0:
+            raise ConfigError("--drain-timeout: must be greater than zero")
+        changes["drain_timeout"] = args.drain_timeout
+    return replace(config, **changes) if changes else config
+
+
+async def _load_from_configmap(reference: str) -> tuple[LoadedConfig, Any]:
+    from proxyrunner.kube.client import open_api_client
+    from proxyrunner.kube.configmap import default_namespace, load_runconfig_from_configmap
+
+    namespace, sep, name = reference.rpartition("/")
+    if not sep:
+        namespace, name = default_namespace(), reference
+    if not name:
+        raise ConfigError(f"--configmap: expected NAMESPACE/NAME, got {reference!r}")
+    api = await open_api_client()
+    try:
+        return await load_runconfig_from_configmap(api, namespace or default_namespace(), name), api
+    except BaseException:
+        await api.close()
+        raise
+
+
+async def _run(args: argparse.Namespace) -> int:
+    from proxyrunner.app import ProxyProcess
+
+    log = get_logger()
+    kube_api: Any = None
+    if args.embedded:
+        loaded = LoadedConfig(embedded_config(), "embedded default", ())
+    elif args.configmap:
+        loaded, kube_api = await _load_from_configmap(args.configmap)
+    else:
+        loaded = load_config_file(args.config or find_config_file())
+    try:
+        if loaded.unknown_fields:
+            log.debug("ignoring unknown RunConfig fields", fields=list(loaded.unknown_fields))
+        config = _apply_flags(apply_env_overrides(loaded.config, os.environ), args)
+        if config.runtime == "kubernetes" and kube_api is None:
+            from proxyrunner.kube.client import open_api_client
+
+            kube_api = await open_api_client()
+        log.info("config loaded", source=loaded.source)
+        return await ProxyProcess(config, secrets_from_env(os.environ), kube_api).run()
+    finally:
+        if kube_api is not None:
+            await kube_api.close()
+
+
+def _event_loop_runner() -> Callable[[Coroutine[Any, Any, int]], int]:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.run
+
+    def run(coro: Coroutine[Any, Any, int]) -> int:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(coro)
+
+    return run
+
+
+def _validate(path: Path) -> int:
+    loaded = load_config_file(path)
+    sys.stdout.write(dump_json(loaded.config))
+    if loaded.unknown_fields:
+        sys.stderr.write(f"note: ignored unknown fields: {', '.join(loaded.unknown_fields)}\n")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "config":
+            return _validate(args.path)
+        configure_logging(args.log_format, args.log_level)
+        return _event_loop_runner()(_run(args))
+    except ConfigError as exc:
+        sys.stderr.write(f"proxyrunner: {exc}\n")
+        return EXIT_CONFIG
+    except StartupError as exc:
+        get_logger().error("startup failed", error=str(exc))
+        sys.stderr.write(f"proxyrunner: startup failed: {exc}\n")
+        return EXIT_STARTUP
+    except KeyboardInterrupt:
+        return EXIT_UNEXPECTED
+    except Exception:
+        get_logger().exception("unexpected error")
+        return EXIT_UNEXPECTED

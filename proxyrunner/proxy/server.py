@@ -1,0 +1,81 @@
+"""The aiohttp application: MCP routes and the operational endpoints.
+
+/health answers from process state only (liveness must not depend on a backend or Redis,
+or a backend outage would restart every proxy); /readyz says whether this replica should
+get new traffic, with the reasons when it should not.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Final
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from proxyrunner.proxy.streamable import ProxyParts, StreamableHTTPProxy
+
+
+class ServingState:
+    """Whether this replica takes new traffic. Set by the lifecycle, read by /readyz."""
+
+    def __init__(self) -> None:
+        self.draining = False
+
+
+PARTS_KEY: Final = web.AppKey("proxy_parts", ProxyParts)
+STATE_KEY: Final = web.AppKey("serving_state", ServingState)
+
+
+def _json(status: int, doc: dict[str, object]) -> web.Response:
+    return web.Response(status=status, text=json.dumps(doc), content_type="application/json")
+
+
+async def _health(request: web.Request) -> web.Response:
+    return _json(200, {"status": "ok"})
+
+
+async def _ready(request: web.Request) -> web.Response:
+    parts = request.app[PARTS_KEY]
+    reasons: list[str] = []
+    if request.app[STATE_KEY].draining:
+        reasons.append("draining: the process is shutting down")
+    if not parts.directory.ready_backends():
+        reasons.append(f"no backend ready ({parts.directory.describe()})")
+    store_health = parts.store.health()
+    if not store_health.usable:
+        reasons.append(f"session store unusable: {store_health.reason}")
+    if reasons:
+        return _json(503, {"status": "not ready", "reasons": reasons})
+    return _json(
+        200,
+        {
+            "status": "ready",
+            "backends": parts.directory.describe(),
+            "session_store": store_health.reason,
+        },
+    )
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = request.app[PARTS_KEY].metrics.render()
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response
+
+
+def build_app(parts: ProxyParts, state: ServingState) -> web.Application:
+    app = web.Application(
+        client_max_size=parts.config.max_request_body,
+        handler_args={"max_field_size": 16 * 1024},
+    )
+    app[PARTS_KEY] = parts
+    app[STATE_KEY] = state
+    proxy = StreamableHTTPProxy(parts)
+    app.router.add_route("POST", "/mcp", proxy.handle)
+    app.router.add_route("GET", "/mcp", proxy.handle)
+    app.router.add_route("DELETE", "/mcp", proxy.handle)
+    app.router.add_get("/health", _health)
+    app.router.add_get("/readyz", _ready)
+    app.router.add_get("/metrics", _metrics)
+    return app

@@ -1,0 +1,467 @@
+"""The streamable-HTTP data path: POST, GET and DELETE on /mcp.
+
+Hot path for a warm session: read the (small) body, look the proxy session id up in the
+store (an in-process cache hit, no I/O), swap in the backend's session id, forward over
+the pooled keep-alive client, and relay the answer: JSON whole, SSE chunk by chunk. The
+body is parsed only for an ``initialize`` without a session id, because that is the one
+request whose routing depends on its content.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, replace
+from typing import Final
+
+import aiohttp
+import structlog
+from aiohttp import web
+from yarl import URL
+
+from proxyrunner.backends.directory import Backend, BackendDirectory
+from proxyrunner.config import RunConfig
+from proxyrunner.errors import BackendUnavailable, StoreUnavailable
+from proxyrunner.metrics import Metrics
+from proxyrunner.proxy import protocol
+from proxyrunner.proxy.headers import backend_request_headers, client_response_headers
+from proxyrunner.proxy.protocol import SESSION_HEADER
+from proxyrunner.proxy.routing import Router
+from proxyrunner.proxy.streams import StreamRegistry, relay_event_stream
+from proxyrunner.sessions.record import SessionRecord, new_session_id
+from proxyrunner.sessions.store import SessionStore
+
+# Bodies up to this size are read whole (so a request can be replayed on another backend
+# after a re-bind); larger ones stream straight through.
+_BUFFERED_BODY_LIMIT: Final = 1024 * 1024
+# JSON answers up to this size are relayed in one write; larger ones stream.
+_BUFFERED_RESPONSE_LIMIT: Final = 1024 * 1024
+_INITIALIZED_NOTIFICATION: Final = b'{"jsonrpc":"2.0","method":"notifications/initialized"}'
+
+
+class _BackendFailure(Exception):
+    def __init__(self, status: int, code: int, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.kind = kind
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+@dataclass(slots=True)
+class ProxyParts:
+    """Everything the data path needs, built once by the composition root."""
+
+    config: RunConfig
+    store: SessionStore
+    directory: BackendDirectory
+    metrics: Metrics
+    client: aiohttp.ClientSession
+    streams: StreamRegistry
+    log: structlog.stdlib.BoundLogger
+
+
+class StreamableHTTPProxy:
+    def __init__(self, parts: ProxyParts) -> None:
+        self._p = parts
+        self._router = Router(parts.directory, parts.store)
+        self._limit = parts.config.max_request_body
+        self._headers_timeout = parts.config.backend_timeout
+        self._requests = parts.metrics.requests
+        self._duration = parts.metrics.request_duration
+
+    # ------------------------------------------------------------------ entry points
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        method = request.method
+        rpc_method = method  # refined from the body for POST
+        metrics = self._p.metrics
+        traffic = self._p.streams
+        metrics.inflight.inc()
+        traffic.inflight += 1
+        response: web.StreamResponse | None = None
+        try:
+            if method == "POST":
+                response, rpc_method = await self._post(request)
+            elif method == "GET":
+                rpc_method = "GET stream"
+                response = await self._get(request)
+            else:
+                rpc_method = "DELETE session"
+                response = await self._delete(request)
+            return response
+        except asyncio.CancelledError:
+            if traffic.closing:
+                traffic.cancelled += 1
+            raise
+        finally:
+            metrics.inflight.dec()
+            traffic.inflight -= 1
+            status = response.status if response is not None else 499
+            self._requests.labels(rpc_method, str(status)).inc()
+            self._duration.labels(rpc_method).observe(time.perf_counter() - started)
+
+    async def _post(self, request: web.Request) -> tuple[web.StreamResponse, str]:
+        client_sid = request.headers.get(SESSION_HEADER)
+        try:
+            body = await self._read_body(request, buffer_all=client_sid is None)
+        except _BodyTooLarge:
+            return self._too_large(), "unknown"
+        rpc_method = protocol.peek_method(body) if isinstance(body, bytes) else "streamed"
+        if client_sid is None:
+            assert isinstance(body, bytes)
+            try:
+                init = protocol.parse_initialize(body)
+            except ValueError:
+                return (
+                    protocol.error_response(
+                        400, protocol.PARSE_ERROR, "Parse error: the body is not JSON"
+                    ),
+                    rpc_method,
+                )
+            if init is not None:
+                return await self._initialize(request, body, init), rpc_method
+            return await self._stateless(request, body, rpc_method), rpc_method
+        return await self._in_session(request, client_sid, body, rpc_method), rpc_method
+
+    async def _get(self, request: web.Request) -> web.StreamResponse:
+        client_sid = request.headers.get(SESSION_HEADER)
+        if client_sid is None:
+            return await self._stateless(request, None, "GET stream")
+        return await self._in_session(request, client_sid, None, "GET stream")
+
+    async def _delete(self, request: web.Request) -> web.StreamResponse:
+        client_sid = request.headers.get(SESSION_HEADER)
+        if client_sid is None:
+            return protocol.error_response(
+                400, protocol.INVALID_REQUEST, f"DELETE needs an {SESSION_HEADER} header"
+            )
+        record = await self._p.store.get(client_sid)
+        if record is None:
+            return protocol.session_not_found()
+        backend = self._router.backend_of(record)
+        response: web.StreamResponse = web.Response(status=204)
+        if backend is not None:
+            try:
+                upstream = await self._send(request, backend, None, record.backend_session_id)
+                response = await self._relay(request, upstream, None)
+            except _BackendFailure as failure:
+                # The backend session dies with its backend; ours is removed regardless.
+                self._log_failure(failure, record.session_id, backend.name, "DELETE session")
+        try:
+            await self._p.store.delete(client_sid)
+        except StoreUnavailable:
+            self._p.log.warning(
+                "session delete not recorded in the shared store",
+                session=client_sid,
+                backend=record.backend,
+            )
+        self._p.log.info("session deleted", session=client_sid, backend=record.backend)
+        return response
+
+    # ----------------------------------------------------------------- the three kinds
+
+    async def _initialize(
+        self, request: web.Request, body: bytes, init: protocol.InitializeRequest
+    ) -> web.StreamResponse:
+        try:
+            backend = self._router.pick_for_new_session()
+            upstream = await self._send(request, backend, body, None)
+        except BackendUnavailable as exc:
+            return self._unavailable(str(exc), "initialize")
+        except _BackendFailure as failure:
+            self._log_failure(failure, None, None, "initialize")
+            return self._failure_response(failure)
+        backend_sid = upstream.headers.get(SESSION_HEADER)
+        if backend_sid is None or upstream.status != 200:
+            # A stateless backend (or a refusal): nothing to remember.
+            return await self._relay(request, upstream, None)
+        now = time.time()
+        record = SessionRecord(
+            session_id=new_session_id(),
+            backend=backend.name,
+            backend_session_id=backend_sid,
+            protocol_version=init.protocol_version,
+            transport="streamable-http",
+            created=now,
+            last_used=now,
+            init_request=body.decode("utf-8", "replace"),
+        )
+        try:
+            created = await self._p.store.create(record)
+        except StoreUnavailable:
+            created = False
+        if not created:
+            upstream.release()
+            return self._unavailable("the session store cannot record new sessions", "initialize")
+        self._p.log.info(
+            "session created",
+            session=record.session_id,
+            backend=backend.name,
+            protocol_version=init.protocol_version,
+        )
+        return await self._relay(request, upstream, record.session_id)
+
+    async def _stateless(
+        self, request: web.Request, body: bytes | None, rpc_method: str
+    ) -> web.StreamResponse:
+        try:
+            backend = self._router.pick_stateless()
+            upstream = await self._send(request, backend, body, None)
+        except BackendUnavailable as exc:
+            return self._unavailable(str(exc), rpc_method)
+        except _BackendFailure as failure:
+            self._log_failure(failure, None, None, rpc_method)
+            return self._failure_response(failure)
+        return await self._relay(request, upstream, None)
+
+    async def _in_session(
+        self,
+        request: web.Request,
+        client_sid: str,
+        body: bytes | aiohttp.StreamReader | None,
+        rpc_method: str,
+    ) -> web.StreamResponse:
+        record = await self._p.store.get(client_sid)
+        if record is None:
+            return protocol.session_not_found()
+        backend = self._router.backend_of(record)
+        if backend is None:
+            rebound = await self._rebind(record, reason="backend gone")
+            if rebound is None:
+                return protocol.session_not_found()
+            record, backend = rebound
+        try:
+            upstream = await self._send(request, backend, body, record.backend_session_id)
+            replayable = not isinstance(body, aiohttp.StreamReader)
+            if upstream.status == 404 and replayable and record.init_request is not None:
+                # The backend lost the session (it restarted): re-initialize and retry once.
+                upstream.release()
+                rebound = await self._rebind(record, reason="backend lost the session")
+                if rebound is None:
+                    return protocol.session_not_found()
+                record, backend = rebound
+                upstream = await self._send(request, backend, body, record.backend_session_id)
+        except _BackendFailure as failure:
+            self._log_failure(failure, client_sid, backend.name, rpc_method)
+            return self._failure_response(failure)
+        return await self._relay(request, upstream, client_sid)
+
+    # ------------------------------------------------------------------ re-binding
+
+    async def _rebind(
+        self, record: SessionRecord, reason: str
+    ) -> tuple[SessionRecord, Backend] | None:
+        """Re-initialize the session on a ready backend by replaying its initialize, and
+        move the session there (compare-and-set, so replicas racing agree on one)."""
+        if record.init_request is None:
+            return None
+        log = self._p.log.bind(session=record.session_id, backend=record.backend)
+        try:
+            backend = self._router.pick_for_new_session()
+            backend_sid = await self._replay_initialize(backend, record)
+        except (BackendUnavailable, _BackendFailure) as exc:
+            log.warning("session could not be re-initialized", reason=reason, error=str(exc))
+            return None
+        moved = replace(
+            record, backend=backend.name, backend_session_id=backend_sid, last_used=time.time()
+        )
+        try:
+            won = await self._p.store.rebind(record.session_id, record.backend, moved)
+        except StoreUnavailable:
+            won = False
+        if not won:
+            # Another replica moved it first (or deleted it): follow the store's truth.
+            current = await self._p.store.get(record.session_id)
+            winner = self._router.backend_of(current) if current is not None else None
+            if current is None or winner is None:
+                return None
+            return current, winner
+        self._p.metrics.sessions_rebound.inc()
+        log.info("session re-initialized", reason=reason, new_backend=backend.name)
+        return moved, backend
+
+    async def _replay_initialize(self, backend: Backend, record: SessionRecord) -> str | None:
+        assert record.init_request is not None
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "application/json, text/event-stream",
+        }
+        url = backend.url
+        client = self._p.client
+        try:
+            async with asyncio.timeout(self._headers_timeout):
+                async with client.post(
+                    url, data=record.init_request.encode(), headers=headers
+                ) as response:
+                    await response.read()
+                    if response.status != 200:
+                        raise _BackendFailure(
+                            502,
+                            protocol.BACKEND_UNAVAILABLE,
+                            f"backend refused initialize (HTTP {response.status})",
+                            "refused",
+                        )
+                    backend_sid = response.headers.get(SESSION_HEADER)
+                if backend_sid is not None:
+                    headers[SESSION_HEADER] = backend_sid
+                if record.protocol_version:
+                    headers[protocol.PROTOCOL_VERSION_HEADER] = record.protocol_version
+                async with client.post(
+                    url, data=_INITIALIZED_NOTIFICATION, headers=headers
+                ) as response:
+                    await response.read()
+        except TimeoutError as exc:
+            raise _BackendFailure(
+                504, protocol.BACKEND_TIMEOUT, "backend timed out", "timeout"
+            ) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _BackendFailure(
+                502, protocol.BACKEND_UNAVAILABLE, "backend unreachable", "refused"
+            ) from exc
+        return backend_sid
+
+    # ---------------------------------------------------------------- I/O primitives
+
+    async def _read_body(
+        self, request: web.Request, buffer_all: bool
+    ) -> bytes | aiohttp.StreamReader:
+        length = request.content_length
+        if length is not None and length > self._limit:
+            raise _BodyTooLarge
+        if not buffer_all and (length is None or length > _BUFFERED_BODY_LIMIT):
+            return request.content
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge as exc:
+            raise _BodyTooLarge from exc
+
+    def _body_stream(self, reader: aiohttp.StreamReader) -> aiohttp.payload.AsyncIterablePayload:
+        limit = self._limit
+
+        async def chunks() -> object:
+            sent = 0
+            async for chunk in reader.iter_any():
+                sent += len(chunk)
+                if sent > limit:
+                    raise _BodyTooLarge
+                yield chunk
+
+        return aiohttp.payload.AsyncIterablePayload(chunks())  # type: ignore[arg-type]
+
+    async def _send(
+        self,
+        request: web.Request,
+        backend: Backend,
+        body: bytes | aiohttp.StreamReader | None,
+        backend_sid: str | None,
+    ) -> aiohttp.ClientResponse:
+        """Send the request to the backend; returns once its response headers arrived."""
+        url: URL = backend.url
+        if request.query_string:
+            url = url.with_query(request.query_string)
+        data: object = self._body_stream(body) if isinstance(body, aiohttp.StreamReader) else body
+        try:
+            async with asyncio.timeout(self._headers_timeout):
+                return await self._p.client.request(
+                    request.method,
+                    url,
+                    data=data,
+                    headers=backend_request_headers(request, backend_sid),
+                    allow_redirects=False,
+                )
+        except TimeoutError as exc:
+            raise _BackendFailure(
+                504,
+                protocol.BACKEND_TIMEOUT,
+                f"backend {backend.name} did not answer within {self._headers_timeout:g}s",
+                "timeout",
+            ) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            if isinstance(exc.__cause__, _BodyTooLarge) or isinstance(exc, _BodyTooLarge):
+                raise _BackendFailure(
+                    413, protocol.REQUEST_TOO_LARGE, "request body too large", "too_large"
+                ) from exc
+            raise _BackendFailure(
+                502,
+                protocol.BACKEND_UNAVAILABLE,
+                f"backend {backend.name} unreachable ({exc.__class__.__name__})",
+                "refused",
+            ) from exc
+
+    async def _relay(
+        self, request: web.Request, upstream: aiohttp.ClientResponse, client_sid: str | None
+    ) -> web.StreamResponse:
+        """Send the backend's answer to the client: JSON whole, anything else streamed."""
+        headers = client_response_headers(upstream.headers, client_sid)
+        response: web.StreamResponse | None = None
+        try:
+            length = upstream.content_length
+            is_event_stream = upstream.content_type == "text/event-stream"
+            if not is_event_stream and length is not None and length <= _BUFFERED_RESPONSE_LIMIT:
+                body = await upstream.read()
+                return web.Response(status=upstream.status, body=body, headers=headers)
+            response = web.StreamResponse(status=upstream.status, headers=headers)
+            await response.prepare(request)
+            if is_event_stream:
+                streams = self._p.streams
+                streams.open += 1
+                self._p.metrics.streams_open.inc()
+                try:
+                    await relay_event_stream(upstream, response, streams)
+                finally:
+                    streams.open -= 1
+                    self._p.metrics.streams_open.dec()
+            else:
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
+            await response.write_eof()
+            return response
+        except (aiohttp.ClientError, ConnectionResetError) as exc:
+            # The backend or the client went away mid-body. Once headers are out there is
+            # nothing more to say; before that, the client gets a 502.
+            self._p.log.debug("relay ended early", error=exc.__class__.__name__)
+            if response is not None:
+                return response
+            return protocol.error_response(
+                502, protocol.BACKEND_UNAVAILABLE, "backend closed the response early"
+            )
+        finally:
+            upstream.release()
+
+    # ------------------------------------------------------------------ error answers
+
+    def _too_large(self) -> web.Response:
+        return protocol.error_response(
+            413,
+            protocol.REQUEST_TOO_LARGE,
+            f"Request body larger than the limit of {self._limit} bytes",
+        )
+
+    def _unavailable(self, message: str, rpc_method: str) -> web.Response:
+        self._p.log.warning("request refused", method=rpc_method, reason=message)
+        return protocol.error_response(
+            503, protocol.BACKEND_UNAVAILABLE, message, headers={"Retry-After": "1"}
+        )
+
+    def _failure_response(self, failure: _BackendFailure) -> web.Response:
+        if failure.status == 413:
+            return self._too_large()
+        return protocol.error_response(failure.status, failure.code, str(failure))
+
+    def _log_failure(
+        self, failure: _BackendFailure, session: str | None, backend: str | None, method: str
+    ) -> None:
+        self._p.metrics.backend_errors.labels(failure.kind).inc()
+        self._p.log.warning(
+            "backend request failed",
+            session=session,
+            backend=backend,
+            method=method,
+            status=failure.status,
+            error=str(failure),
+        )

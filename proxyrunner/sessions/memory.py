@@ -1,0 +1,114 @@
+"""In-process session store: one replica, bounded, idle sessions expire.
+
+Ordered by last use, so both the idle sweep and the size bound remove from the front in
+O(1) per removed entry; a get on a live session is a dict lookup and a move-to-end.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+
+from proxyrunner.metrics import Metrics
+from proxyrunner.sessions.record import SessionRecord
+from proxyrunner.sessions.store import StoreHealth
+
+
+class MemorySessionStore:
+    kind = "memory"
+
+    def __init__(
+        self,
+        max_sessions: int,
+        ttl: float,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if max_sessions <= 0:
+            raise ValueError("max_sessions must be > 0")
+        self._max = max_sessions
+        self._ttl = ttl
+        self._clock = clock
+        self._metrics = metrics
+        # session id -> (record, last use); the dict's order is least recently used first.
+        self._entries: OrderedDict[str, tuple[SessionRecord, float]] = OrderedDict()
+        self._by_backend: Counter[str] = Counter()
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._entries.clear()
+        self._by_backend.clear()
+        self._metrics.sessions_live.set(0)
+
+    def health(self) -> StoreHealth:
+        return StoreHealth(usable=True, reason="in-memory store")
+
+    def _drop(self, session_id: str, reason: str) -> SessionRecord | None:
+        entry = self._entries.pop(session_id, None)
+        if entry is None:
+            return None
+        record = entry[0]
+        self._by_backend[record.backend] -= 1
+        if self._by_backend[record.backend] <= 0:
+            del self._by_backend[record.backend]
+        self._metrics.sessions_ended.labels(reason=reason).inc()
+        self._metrics.sessions_live.set(len(self._entries))
+        return record
+
+    def _expire(self, now: float) -> None:
+        deadline = now - self._ttl
+        while self._entries:
+            session_id, (_, last_use) = next(iter(self._entries.items()))
+            if last_use > deadline:
+                break
+            self._drop(session_id, "expired")
+
+    async def create(self, record: SessionRecord) -> bool:
+        now = self._clock()
+        self._expire(now)
+        if record.session_id in self._entries:
+            return False
+        while len(self._entries) >= self._max:
+            self._drop(next(iter(self._entries)), "evicted")
+        self._entries[record.session_id] = (record, now)
+        self._by_backend[record.backend] += 1
+        self._metrics.sessions_created.inc()
+        self._metrics.sessions_live.set(len(self._entries))
+        return True
+
+    async def get(self, session_id: str) -> SessionRecord | None:
+        entry = self._entries.get(session_id)
+        if entry is None:
+            self._metrics.store_lookups.labels(result="miss").inc()
+            return None
+        now = self._clock()
+        record, last_use = entry
+        if now - last_use >= self._ttl:
+            self._drop(session_id, "expired")
+            self._metrics.store_lookups.labels(result="miss").inc()
+            return None
+        self._entries[session_id] = (record, now)
+        self._entries.move_to_end(session_id)
+        self._metrics.store_lookups.labels(result="hit").inc()
+        return record
+
+    async def rebind(self, session_id: str, expected_backend: str, record: SessionRecord) -> bool:
+        entry = self._entries.get(session_id)
+        if entry is None or entry[0].backend != expected_backend:
+            return False
+        self._by_backend[expected_backend] -= 1
+        self._by_backend[record.backend] += 1
+        self._entries[session_id] = (replace(record, session_id=session_id), self._clock())
+        self._entries.move_to_end(session_id)
+        return True
+
+    async def delete(self, session_id: str) -> bool:
+        return self._drop(session_id, "deleted") is not None
+
+    def local_sessions_by_backend(self) -> Mapping[str, int]:
+        self._expire(self._clock())
+        return self._by_backend

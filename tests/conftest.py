@@ -1,0 +1,87 @@
+"""Fixtures shared by the whole suite.
+
+- ``start_backend(identity, transport=...)``: a real demo MCP server (official SDK) on a
+  free port, ready when returned.
+- ``start_proxy(config, env=None, wait=True)``: ``proxyrunner run`` as a real process with
+  that RunConfig (host/port filled in), ready when returned unless ``wait=False``.
+Both stop everything they started at the end of the test; the session ends by failing if
+any process started by the suite is still alive, and every async test fails if it leaves
+tasks running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.procs import DemoBackend, Proxy, marked_processes
+
+StartBackend = Callable[..., DemoBackend]
+StartProxy = Callable[..., Proxy]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_processes_left_behind() -> Iterator[None]:
+    yield
+    leftovers = marked_processes()
+    for pid in leftovers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert not leftovers, f"the test run left processes behind: {leftovers}"
+
+
+@pytest.fixture(autouse=True)
+async def no_tasks_left_behind() -> AsyncIterator[None]:
+    yield
+    current = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 2.0
+    while True:
+        leftovers = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+        if not leftovers or loop.time() > deadline:
+            break
+        await asyncio.sleep(0.01)
+    for task in leftovers:
+        task.cancel()
+    assert not leftovers, f"the test left tasks running: {leftovers}"
+
+
+@pytest.fixture
+def start_backend(tmp_path: Path) -> Iterator[StartBackend]:
+    started: list[DemoBackend] = []
+
+    def start(identity: str, transport: str = "streamable-http", **env: str) -> DemoBackend:
+        backend = DemoBackend(tmp_path, identity, transport, **env)
+        started.append(backend)
+        return backend.wait_ready()
+
+    yield start
+    for backend in started:
+        backend.kill()
+
+
+@pytest.fixture
+def start_proxy(tmp_path: Path) -> Iterator[StartProxy]:
+    started: list[Proxy] = []
+
+    def start(
+        config: Mapping[str, Any],
+        env: Mapping[str, str] | None = None,
+        wait: bool = True,
+        label: str = "proxy",
+        extra_args: list[str] | None = None,
+    ) -> Proxy:
+        proxy = Proxy(tmp_path, config, env, label=label, extra_args=extra_args)
+        started.append(proxy)
+        return proxy.wait_ready() if wait else proxy
+
+    yield start
+    for proxy in started:
+        proxy.stop(timeout=10)

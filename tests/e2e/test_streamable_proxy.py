@@ -1,0 +1,309 @@
+"""The streamable-HTTP data path, end to end: official SDK clients, real MCP servers, and
+proxyrunner as a real process in between."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from mcp import Client
+
+from tests.conftest import StartBackend, StartProxy
+from tests.procs import Proc, eventually, free_port, http_status
+
+REPO = Path(__file__).resolve().parents[2]
+EVERYTHING = REPO / "tests" / "node" / "node_modules" / ".bin" / "mcp-server-everything"
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 0,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "raw-test", "version": "1"},
+    },
+}
+MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+def tool_text(result: Any) -> str:
+    return "".join(block.text for block in result.content if getattr(block, "type", "") == "text")
+
+
+async def whoami(client: Client) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(tool_text(await client.call_tool("whoami", {})))
+    return doc
+
+
+async def raw_initialize(http: aiohttp.ClientSession, url: str) -> str:
+    async with http.post(url, json=INIT, headers=MCP_HEADERS) as response:
+        assert response.status == 200, await response.text()
+        await response.read()
+        session_id = response.headers["Mcp-Session-Id"]
+    async with http.post(
+        url,
+        json={"jsonrpc": "2.0", "method": "notifications/initialized"},
+        headers={**MCP_HEADERS, "Mcp-Session-Id": session_id},
+    ) as response:
+        assert response.status == 202
+    return session_id
+
+
+def tools_call(request_id: int, name: str = "echo", **arguments: Any) -> dict[str, Any]:
+    return {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "method": "tools/call",
+        "params": {"name": name, "arguments": arguments},
+    }
+
+
+async def test_sdk_client_lists_and_calls_tools_through_the_proxy(
+    start_backend: StartBackend, start_proxy: StartProxy
+) -> None:
+    backend = start_backend("alpha")
+    proxy = start_proxy({"name": "demo", "remote_url": backend.url})
+    async with Client(proxy.url, mode="legacy") as client:
+        tools = {tool.name for tool in (await client.list_tools()).tools}
+        assert {"echo", "whoami"} <= tools
+        result = await client.call_tool("echo", {"text": "through the proxy"})
+        assert "through the proxy" in tool_text(result)
+        assert (await whoami(client))["id"] == "alpha"
+
+
+async def test_client_sees_only_the_proxy_session_id(
+    start_backend: StartBackend, start_proxy: StartProxy
+) -> None:
+    backend = start_backend("alpha")
+    proxy = start_proxy({"name": "demo", "remote_url": backend.url})
+    async with aiohttp.ClientSession() as http:
+        direct_id = await raw_initialize(http, backend.url)
+        proxied_id = await raw_initialize(http, proxy.url)
+        assert proxied_id != direct_id
+        assert len(proxied_id) >= 32
+        assert all(0x21 <= ord(c) <= 0x7E for c in proxied_id)
+        # The backend's id is not valid at the proxy: each side has its own namespace.
+        async with http.post(
+            proxy.url, json=tools_call(1), headers={**MCP_HEADERS, "Mcp-Session-Id": direct_id}
+        ) as response:
+            assert response.status == 404
+
+
+@pytest.mark.timeout(120)
+async def test_reference_everything_server_works_through_the_proxy(
+    start_proxy: StartProxy, tmp_path: Path
+) -> None:
+    assert EVERYTHING.exists(), "run scripts/test (it installs tests/node) first"
+    port = free_port()
+    server = Proc(
+        ["node", str(EVERYTHING), "streamableHttp"],
+        tmp_path / "everything.log",
+        {"PORT": str(port)},
+    )
+    try:
+        await eventually(
+            lambda: http_status(f"http://127.0.0.1:{port}/mcp") is not None,
+            30,
+            "server-everything to listen",
+        )
+        proxy = start_proxy({"name": "everything", "remote_url": f"http://127.0.0.1:{port}/mcp"})
+        async with Client(proxy.url, mode="legacy") as client:
+            tools = {tool.name for tool in (await client.list_tools()).tools}
+            assert "echo" in tools
+            result = await client.call_tool("echo", {"message": "hello everything"})
+            assert "hello everything" in tool_text(result)
+            resources = await client.list_resources()
+            assert resources.resources
+    finally:
+        server.kill()
+
+
+async def test_sessions_spread_over_two_backends_and_stay_on_their_own(
+    start_backend: StartBackend, start_proxy: StartProxy
+) -> None:
+    alpha, beta = start_backend("alpha"), start_backend("beta")
+    proxy = start_proxy({"name": "demo", "backend_urls": [alpha.url, beta.url]})
+    placements: Counter[str] = Counter()
+    for _ in range(4):
+        async with Client(proxy.url, mode="legacy") as client:
+            first = (await whoami(client))["id"]
+            placements[first] += 1
+            for _ in range(5):
+                assert (await whoami(client))["id"] == first
+    assert placements == Counter({"alpha": 2, "beta": 2})
+
+
+async def test_every_supported_revision_initializes_through_the_proxy(
+    start_backend: StartBackend, start_proxy: StartProxy
+) -> None:
+    backend = start_backend("alpha")
+    proxy = start_proxy({"name": "demo", "remote_url": backend.url})
+    async with aiohttp.ClientSession() as http:
+        for version in ("2025-03-26", "2025-06-18", "2025-11-25"):
+            body = {**INIT, "params": {**INIT["params"], "protocolVersion": version}}  # type: ignore[dict-item]
+            async with http.post(proxy.url, json=body, headers=MCP_HEADERS) as response:
+                assert response.status == 200
+                text = await response.text()
+                assert f'"protocolVersion":"{version}"' in text.replace(" ", "")
+                assert "Mcp-Session-Id" in response.headers
+
+
+async def test_modern_stateless_revision_passes_through(
+    start_backend: StartBackend, start_proxy: StartProxy
+) -> None:
+    backend = start_backend("alpha")
+    proxy = start_proxy({"name": "demo", "remote_url": backend.url})
+    async with Client(proxy.url, mode="auto") as client:
+        assert client.protocol_version == "2026-07-28"
+        assert "through" in tool_text(await client.call_tool("echo", {"text": "through"}))
+
+
+async def test_unknown_session_gets_404_with_jsonrpc_error_32001(
+    start_backend: StartBackend, start_proxy: StartProxy
+) -> None:
+    backend = start_backend("alpha")
+    proxy = start_proxy({"name": "demo", "remote_url": backend.url})
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            proxy.url, json=tools_call(7), headers={**MCP_HEADERS, "Mcp-Session-Id": "nope"}
+        ) as response,
+    ):
+        assert response.status == 404
+        body = await response.json()
+        assert body["error"]["code"] == -32001
+        assert body["jsonrpc"] == "2.0"
+
+
+async def test_deleted_session_cannot_be_used_again(
+    start_backend: StartBackend, start_proxy: StartProxy
+) -> None:
+    backend = start_backend("alpha")
+    proxy = start_proxy({"name": "demo", "remote_url": backend.url})
+    async with aiohttp.ClientSession() as http:
+        session_id = await raw_initialize(http, proxy.url)
+        headers = {**MCP_HEADERS, "Mcp-Session-Id": session_id}
+        async with http.post(proxy.url, json=tools_call(1, text="x"), headers=headers) as response:
+            assert response.status == 200
+            await response.read()
+        async with http.delete(proxy.url, headers=headers) as response:
+            assert response.status in (200, 204)
+        async with http.post(proxy.url, json=tools_call(2, text="x"), headers=headers) as response:
+            assert response.status == 404
+            assert (await response.json())["error"]["code"] == -32001
+
+
+async def test_oversized_body_gets_413_with_jsonrpc_error(
+    start_backend: StartBackend, start_proxy: StartProxy
+) -> None:
+    backend = start_backend("alpha")
+    proxy = start_proxy({"name": "demo", "remote_url": backend.url, "max_request_body": 4096})
+    async with aiohttp.ClientSession() as http:
+        session_id = await raw_initialize(http, proxy.url)
+        big = tools_call(1, text="x" * 10_000)
+        for headers in (MCP_HEADERS, {**MCP_HEADERS, "Mcp-Session-Id": session_id}):
+            async with http.post(proxy.url, json=big, headers=headers) as response:
+                assert response.status == 413
+                assert "error" in await response.json()
+
+        async def chunked() -> Any:
+            yield json.dumps(big).encode()
+
+        async with http.post(
+            proxy.url, data=chunked(), headers={**MCP_HEADERS, "Mcp-Session-Id": session_id}
+        ) as response:
+            assert response.status == 413
+
+
+async def test_non_json_body_without_session_gets_400_parse_error(
+    start_backend: StartBackend, start_proxy: StartProxy
+) -> None:
+    backend = start_backend("alpha")
+    proxy = start_proxy({"name": "demo", "remote_url": backend.url})
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(proxy.url, data=b'{"initialize": nope', headers=MCP_HEADERS) as response,
+    ):
+        assert response.status == 400
+        assert (await response.json())["error"]["code"] == -32700
+
+
+async def test_backend_down_gives_502_with_jsonrpc_error_and_proxy_survives(
+    start_backend: StartBackend, start_proxy: StartProxy
+) -> None:
+    backend = start_backend("alpha")
+    proxy = start_proxy({"name": "demo", "remote_url": backend.url})
+    async with aiohttp.ClientSession() as http:
+        session_id = await raw_initialize(http, proxy.url)
+        backend.kill()
+        async with http.post(
+            proxy.url,
+            json=tools_call(1, text="x"),
+            headers={**MCP_HEADERS, "Mcp-Session-Id": session_id},
+        ) as response:
+            assert response.status in (502, 503)
+            body = await response.json()
+            assert body["error"]["code"] in (-32002, -32001)
+        await eventually(
+            lambda: http_status(f"{proxy.base}/readyz") == 503, 10, "readiness to fail"
+        )
+        assert http_status(f"{proxy.base}/health") == 200
+        assert proxy.alive()
+    failures = [e for e in proxy.log_events() if e.get("event") == "backend request failed"]
+    assert failures or any(e.get("event") == "request refused" for e in proxy.log_events())
+
+
+@pytest.mark.timeout(90)
+async def test_crashed_child_is_restarted_and_serves_again(start_proxy: StartProxy) -> None:
+    proxy = start_proxy({"name": "demo", "cmd_args": [sys.executable, "-m", "proxyrunner.demo"]})
+    async with Client(proxy.url, mode="legacy") as client:
+        first = await whoami(client)
+        os.kill(first["pid"], signal.SIGKILL)
+    await eventually(
+        lambda: http_status(f"{proxy.base}/readyz") == 503, 10, "the crash to be noticed"
+    )
+    await eventually(lambda: http_status(f"{proxy.base}/readyz") == 200, 30, "the child to be back")
+    async with Client(proxy.url, mode="legacy") as client:
+        again = await whoami(client)
+    assert again["id"] == first["id"]
+    assert again["pid"] != first["pid"]
+
+
+async def test_session_survives_a_backend_restart_by_transparent_reinitialize(
+    start_proxy: StartProxy,
+) -> None:
+    proxy = start_proxy({"name": "demo", "cmd_args": [sys.executable, "-m", "proxyrunner.demo"]})
+    async with Client(proxy.url, mode="legacy") as client:
+        first = await whoami(client)
+        os.kill(first["pid"], signal.SIGKILL)
+        await eventually(lambda: http_status(f"{proxy.base}/readyz") == 503, 10, "the crash")
+        await eventually(lambda: http_status(f"{proxy.base}/readyz") == 200, 30, "the restart")
+        # Same client session: the proxy re-initializes on the restarted backend.
+        again = await whoami(client)
+        assert again["pid"] != first["pid"]
+    events = [e["event"] for e in proxy.log_events()]
+    assert "session re-initialized" in events
+
+
+async def test_metrics_count_requests_by_method_and_sessions(
+    start_backend: StartBackend, start_proxy: StartProxy
+) -> None:
+    backend = start_backend("alpha")
+    proxy = start_proxy({"name": "demo", "remote_url": backend.url})
+    async with Client(proxy.url, mode="legacy") as client:
+        await client.call_tool("echo", {"text": "counted"})
+    async with aiohttp.ClientSession() as http, http.get(f"{proxy.base}/metrics") as response:
+        text = await response.text()
+    assert 'proxyrunner_requests_total{method="tools/call",status="200"} 1.0' in text
+    assert 'proxyrunner_requests_total{method="initialize",status="200"} 1.0' in text
+    assert "proxyrunner_backends_ready 1.0" in text
+    assert "proxyrunner_sessions_created_total 1.0" in text
+    assert "proxyrunner_request_duration_seconds_bucket" in text
+    assert http_status(f"{proxy.base}/health") == 200

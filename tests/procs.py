@@ -1,0 +1,226 @@
+"""Real processes for end-to-end tests: proxyrunner itself and demo MCP backends.
+
+Every process started here carries a marker in its environment, so that the session-end
+check in conftest.py can find (and fail on) anything a test left running, including
+grandchildren orphaned by a SIGKILLed proxy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+MARKER_ENV = "PROXYRUNNER_TEST_RUN"
+MARKER = os.environ.setdefault(MARKER_ENV, uuid.uuid4().hex)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(
+    condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.02
+) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def eventually(
+    condition: Callable[[], bool],
+    timeout: float,  # noqa: ASYNC109 - a polling deadline, not a cancel scope
+    what: str,
+    interval: float = 0.02,
+) -> None:
+    """``wait_until`` for async tests: the check runs in a thread, the loop stays free."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await asyncio.to_thread(condition):
+            return
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def http_status(url: str, timeout: float = 1.0) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
+
+
+def marked_processes() -> list[int]:
+    """Pids of live processes started by this test run (children and orphans alike)."""
+    needle = f"{MARKER_ENV}={MARKER}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                stat = (entry / "stat").read_text()
+                if stat.rsplit(")", 1)[1].split()[0] != "Z":
+                    found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+class Proc:
+    """A started process with its log file; stopped (and reaped) by ``stop``/``kill``."""
+
+    def __init__(self, args: list[str], log_path: Path, env: Mapping[str, str]) -> None:
+        self.args = args
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        self.popen = subprocess.Popen(
+            args,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **env, MARKER_ENV: MARKER},
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_events(self) -> list[dict[str, Any]]:
+        events = []
+        for line in self.output().splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                events.append(event)
+        return events
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            self.popen.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        return self.popen.wait(timeout=timeout)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM, wait, and SIGKILL the whole group if it does not end in time."""
+        if self.alive():
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log.close()
+        return int(self.popen.wait())
+
+    def kill(self) -> None:
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait(timeout=10)
+
+
+class DemoBackend(Proc):
+    """The SDK-built demo MCP server on its own port, reporting ``identity`` from whoami."""
+
+    def __init__(
+        self, tmp: Path, identity: str, transport: str = "streamable-http", **env: str
+    ) -> None:
+        self.identity = identity
+        self.port = free_port()
+        path = "/sse" if transport == "sse" else "/mcp"
+        self.url = f"http://127.0.0.1:{self.port}{path}"
+        super().__init__(
+            [sys.executable, "-m", "proxyrunner.demo"],
+            tmp / f"backend-{identity}.log",
+            {
+                "MCP_TRANSPORT": transport,
+                "MCP_HOST": "127.0.0.1",
+                "MCP_PORT": str(self.port),
+                "DEMO_BACKEND_ID": identity,
+                **env,
+            },
+        )
+
+    def wait_ready(self, timeout: float = 30.0) -> DemoBackend:
+        def answers() -> bool:
+            if not self.alive():
+                raise AssertionError(f"backend {self.identity} exited:\n{self.output()}")
+            return http_status(f"http://127.0.0.1:{self.port}/") is not None
+
+        wait_until(answers, timeout, f"backend {self.identity} to answer")
+        return self
+
+
+class Proxy(Proc):
+    """``proxyrunner run`` with a RunConfig written to a file; JSON logs at debug."""
+
+    def __init__(
+        self,
+        tmp: Path,
+        config: Mapping[str, Any],
+        env: Mapping[str, str] | None = None,
+        label: str = "proxy",
+        extra_args: list[str] | None = None,
+    ) -> None:
+        self.port = int(config.get("port") or free_port())
+        self.config = {"host": "127.0.0.1", **config, "port": self.port}
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.url = f"{self.base}/mcp"
+        config_path = tmp / f"{label}-{self.port}.json"
+        config_path.write_text(json.dumps(self.config))
+        super().__init__(
+            [
+                sys.executable,
+                "-m",
+                "proxyrunner",
+                "run",
+                "--config",
+                str(config_path),
+                "--log-format",
+                "json",
+                "--log-level",
+                "debug",
+                *(extra_args or []),
+            ],
+            tmp / f"{label}-{self.port}.log",
+            dict(env or {}),
+        )
+
+    def wait_ready(self, timeout: float = 30.0) -> Proxy:
+        def ready() -> bool:
+            if not self.alive():
+                raise AssertionError(f"proxy exited with {self.popen.poll()}:\n{self.output()}")
+            return http_status(f"{self.base}/readyz") == 200
+
+        wait_until(ready, timeout, "the proxy to become ready")
+        return self
