@@ -13,6 +13,7 @@ from typing import Final
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from proxyrunner.proxy.sse import LegacySSEProxy
 from proxyrunner.proxy.streamable import ProxyParts, StreamableHTTPProxy
 
 
@@ -71,10 +72,17 @@ def build_app(parts: ProxyParts, state: ServingState) -> web.Application:
     )
     app[PARTS_KEY] = parts
     app[STATE_KEY] = state
-    proxy = StreamableHTTPProxy(parts)
-    app.router.add_route("POST", "/mcp", proxy.handle)
-    app.router.add_route("GET", "/mcp", proxy.handle)
-    app.router.add_route("DELETE", "/mcp", proxy.handle)
+    if parts.config.transport == "sse":
+        # A legacy SSE backend is served to clients as what it is.
+        legacy = LegacySSEProxy(parts)
+        app.router.add_get("/sse", legacy.stream)
+        app.router.add_post("/messages", legacy.message)
+        app.router.add_post("/messages/", legacy.message)
+    else:
+        proxy = StreamableHTTPProxy(parts)
+        app.router.add_route("POST", "/mcp", proxy.handle)
+        app.router.add_route("GET", "/mcp", proxy.handle)
+        app.router.add_route("DELETE", "/mcp", proxy.handle)
     app.router.add_get("/health", _health)
     app.router.add_get("/readyz", _ready)
     app.router.add_get("/metrics", _metrics)

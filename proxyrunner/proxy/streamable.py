@@ -412,7 +412,9 @@ class StreamableHTTPProxy:
                 streams.open += 1
                 self._p.metrics.streams_open.inc()
                 try:
-                    await relay_event_stream(upstream, response, streams)
+                    await relay_event_stream(
+                        upstream, response, streams, closable=request.method == "GET"
+                    )
                 finally:
                     streams.open -= 1
                     self._p.metrics.streams_open.dec()

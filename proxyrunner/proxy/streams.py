@@ -52,9 +52,19 @@ async def relay_event_stream(
     upstream: aiohttp.ClientResponse,
     downstream: web.StreamResponse,
     registry: StreamRegistry,
+    closable: bool,
 ) -> None:
     """Copy an SSE body chunk by chunk until the backend ends it, the client goes away, or
-    the proxy drains (then finish the current event, send ``retry:`` and stop)."""
+    the proxy drains (then finish the current event, send ``retry:`` and stop).
+
+    Only ``closable`` streams end on drain: the long-lived GET streams a client opens to
+    listen. A POST answered with SSE carries the result of a request in flight; it runs
+    to completion like any other request, or that result would be lost.
+    """
+    if not closable:
+        async for chunk in upstream.content.iter_any():
+            await downstream.write(chunk)
+        return
     at_boundary = True
     closing = asyncio.ensure_future(registry.wait_closing())
     try:

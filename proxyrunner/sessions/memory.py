@@ -52,12 +52,15 @@ class MemorySessionStore:
         if entry is None:
             return None
         record = entry[0]
-        self._by_backend[record.backend] -= 1
-        if self._by_backend[record.backend] <= 0:
-            del self._by_backend[record.backend]
+        self._uncount(record.backend)
         self._metrics.sessions_ended.labels(reason=reason).inc()
         self._metrics.sessions_live.set(len(self._entries))
         return record
+
+    def _uncount(self, backend: str) -> None:
+        self._by_backend[backend] -= 1
+        if self._by_backend[backend] <= 0:
+            del self._by_backend[backend]
 
     def _expire(self, now: float) -> None:
         deadline = now - self._ttl
@@ -100,7 +103,7 @@ class MemorySessionStore:
         entry = self._entries.get(session_id)
         if entry is None or entry[0].backend != expected_backend:
             return False
-        self._by_backend[expected_backend] -= 1
+        self._uncount(expected_backend)
         self._by_backend[record.backend] += 1
         self._entries[session_id] = (replace(record, session_id=session_id), self._clock())
         self._entries.move_to_end(session_id)

@@ -1,0 +1,119 @@
+"""Graceful drain on SIGTERM: readiness fails at once, nothing in flight is lost, streams
+end with a reconnect hint, and the process exits 0 within drain_timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import time
+
+import aiohttp
+import pytest
+from mcp import Client
+
+from tests.conftest import StartBackend, StartProxy
+from tests.e2e.test_streamable_proxy import raw_initialize, tool_text
+from tests.procs import Proxy, eventually, http_status
+
+DRAIN = {"drain_delay": "1s", "drain_timeout": "10s"}
+
+
+async def inflight(proxy: Proxy) -> int:
+    async with aiohttp.ClientSession() as http, http.get(f"{proxy.base}/metrics") as response:
+        text = await response.text()
+    match = re.search(r"^proxyrunner_inflight_requests (\S+)$", text, re.MULTILINE)
+    assert match is not None
+    return int(float(match.group(1)))
+
+
+@pytest.mark.timeout(60)
+async def test_sigterm_lets_a_long_tool_call_finish_and_exits_0(
+    start_backend: StartBackend, start_proxy: StartProxy
+) -> None:
+    backend = start_backend("alpha")
+    proxy = start_proxy({"name": "demo", "remote_url": backend.url, **DRAIN})
+    async with Client(proxy.url, mode="legacy") as client:
+        baseline = await inflight(proxy)
+        call = asyncio.create_task(client.call_tool("sleep", {"seconds": 3}))
+        deadline = time.monotonic() + 10
+        while await inflight(proxy) <= baseline:
+            assert time.monotonic() < deadline, "the tool call never reached the proxy"
+            await asyncio.sleep(0.02)
+        signalled = time.monotonic()
+        proxy.signal(signal.SIGTERM)
+        await eventually(lambda: http_status(f"{proxy.base}/readyz") == 503, 2, "readyz 503")
+        assert http_status(f"{proxy.base}/health") == 200
+        result = await call
+        assert not result.is_error
+        assert "3" in tool_text(result)
+    code = await asyncio.to_thread(proxy.wait, 15)
+    assert code == 0
+    assert time.monotonic() - signalled <= 10 + 1
+    drained = [e for e in proxy.log_events() if e.get("event") == "drained"]
+    assert drained
+    assert drained[0]["cancelled"] == 0
+
+
+@pytest.mark.timeout(60)
+async def test_new_connections_are_served_during_the_drain_delay(
+    start_backend: StartBackend, start_proxy: StartProxy
+) -> None:
+    backend = start_backend("alpha")
+    proxy = start_proxy(
+        {"name": "demo", "remote_url": backend.url, "drain_delay": "3s", "drain_timeout": "10s"}
+    )
+    proxy.signal(signal.SIGTERM)
+    await eventually(lambda: http_status(f"{proxy.base}/readyz") == 503, 2, "readyz 503")
+    async with Client(proxy.url, mode="legacy") as client:
+        assert "still here" in tool_text(await client.call_tool("echo", {"text": "still here"}))
+    assert await asyncio.to_thread(proxy.wait, 15) == 0
+
+
+@pytest.mark.timeout(60)
+async def test_open_event_streams_end_with_a_retry_hint(
+    start_backend: StartBackend, start_proxy: StartProxy
+) -> None:
+    backend = start_backend("alpha")
+    proxy = start_proxy({"name": "demo", "remote_url": backend.url, **DRAIN})
+    async with aiohttp.ClientSession() as http:
+        session_id = await raw_initialize(http, proxy.url)
+        headers = {
+            "Accept": "text/event-stream",
+            "Mcp-Session-Id": session_id,
+            "MCP-Protocol-Version": "2025-06-18",
+        }
+        async with http.get(proxy.url, headers=headers) as stream:
+            assert stream.status == 200
+            assert stream.content_type == "text/event-stream"
+            proxy.signal(signal.SIGTERM)
+            received = await asyncio.wait_for(stream.content.read(), timeout=10)
+        assert re.search(rb"(^|\n)retry: \d+\n\n$", received), received
+    assert await asyncio.to_thread(proxy.wait, 15) == 0
+
+
+@pytest.mark.timeout(60)
+async def test_a_second_signal_stops_at_once(
+    start_backend: StartBackend, start_proxy: StartProxy
+) -> None:
+    backend = start_backend("alpha")
+    proxy = start_proxy(
+        {"name": "demo", "remote_url": backend.url, "drain_delay": "1s", "drain_timeout": "30s"}
+    )
+    async with Client(proxy.url, mode="legacy") as client:
+        baseline = await inflight(proxy)
+        call = asyncio.create_task(client.call_tool("sleep", {"seconds": 20}))
+        deadline = time.monotonic() + 10
+        while await inflight(proxy) <= baseline:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        proxy.signal(signal.SIGTERM)
+        await eventually(lambda: http_status(f"{proxy.base}/readyz") == 503, 2, "readyz 503")
+        started = time.monotonic()
+        proxy.signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proxy.wait, 10)
+        assert code == 1
+        assert time.monotonic() - started < 5
+        call.cancel()
+        with pytest.raises((asyncio.CancelledError, Exception)):
+            await call
