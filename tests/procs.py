@@ -147,6 +147,7 @@ class Proc:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.popen.pid, signal.SIGKILL)
         self.popen.wait(timeout=10)
+        self._log.close()
 
 
 class DemoBackend(Proc):
