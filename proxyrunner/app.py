@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import aiohttp
@@ -38,8 +38,11 @@ from proxyrunner.proxy.streams import StreamRegistry
 from proxyrunner.sessions.factory import build_store
 from proxyrunner.sessions.store import SessionStore
 
-# Time kept back from drain_timeout for closing clients and child processes.
+# Time kept back from drain_timeout for cancelling leftovers and closing clients and
+# child processes.
 _CLOSE_RESERVE: Final = 2.0
+_CANCEL_GRACE: Final = 0.5
+_DRAIN_POLL: Final = 0.02
 _RECONNECT_HINT_MS: Final = 500
 
 
@@ -84,6 +87,7 @@ class ProxyProcess:
         self.signals = StopSignals(self.log)
         self.state = ServingState()
         self.streams = StreamRegistry()
+        self._deadline = float("inf")
 
     async def run(self) -> int:
         config = self.config
@@ -99,14 +103,11 @@ class ProxyProcess:
                 config, store, directory, self.metrics, client, self.streams, self.log
             )
             app = build_app(parts, self.state)
-            app.on_shutdown.append(self._end_streams)
+            app.on_shutdown.append(self._finish_work)
+            # The waiting happens in _finish_work; aiohttp's own wait only has to cancel
+            # what outlived the drain deadline.
             runner = web.AppRunner(
-                app,
-                handle_signals=False,
-                access_log=None,
-                shutdown_timeout=max(
-                    0.5, config.drain_timeout - config.drain_delay - _CLOSE_RESERVE
-                ),
+                app, handle_signals=False, access_log=None, shutdown_timeout=_CANCEL_GRACE
             )
             await runner.setup()
             await self._listen(runner)
@@ -158,13 +159,31 @@ class ProxyProcess:
         self.log.info("stopped while starting", step=what)
         return False
 
-    async def _end_streams(self, app: web.Application) -> None:
-        self.streams.close_all(_RECONNECT_HINT_MS)
+    async def _finish_work(self, app: web.Application) -> None:
+        """Runs once the listener is closed: let requests in flight complete, then end the
+        listen streams (clients reconnect elsewhere), all before the drain deadline.
+
+        Listen streams stay open while other work finishes because a client whose listen
+        stream cannot reconnect may give up its whole session, results in flight included.
+        """
+        traffic = self.streams
+        await self._wait_for(lambda: traffic.inflight <= traffic.open, "requests")
+        traffic.close_all(_RECONNECT_HINT_MS)
+        await self._wait_for(lambda: traffic.inflight == 0, "streams")
+
+    async def _wait_for(self, done: Callable[[], bool], what: str) -> None:
+        loop = asyncio.get_running_loop()
+        while not done():
+            if loop.time() >= self._deadline:
+                self.log.warning("drain deadline reached", waiting_for=what)
+                return
+            await asyncio.sleep(_DRAIN_POLL)
 
     async def _drain(self, runner: web.AppRunner) -> None:
         config = self.config
         loop = asyncio.get_running_loop()
         started = loop.time()
+        self._deadline = started + config.drain_timeout - _CLOSE_RESERVE
         self.state.draining = True
         self.log.info(
             "draining",

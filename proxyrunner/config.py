@@ -583,4 +583,3 @@ def describe(config: RunConfig) -> dict[str, object]:
         "session_store": "redis" if config.session_redis else "memory",
         "session_cache_size": config.cache_size,
     }
-

@@ -7,7 +7,9 @@ get new traffic, with the reasons when it should not.
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 from aiohttp import web
@@ -15,6 +17,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from proxyrunner.proxy.sse import LegacySSEProxy
 from proxyrunner.proxy.streamable import ProxyParts, StreamableHTTPProxy
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class ServingState:
@@ -65,6 +69,27 @@ async def _metrics(request: web.Request) -> web.Response:
     return response
 
 
+def _tracked(parts: ProxyParts, handler: Handler) -> Handler:
+    """Count the request as in flight, so that drain knows when the work is done."""
+    traffic = parts.streams
+    gauge = parts.metrics.inflight
+
+    async def tracked(request: web.Request) -> web.StreamResponse:
+        traffic.inflight += 1
+        gauge.inc()
+        try:
+            return await handler(request)
+        except asyncio.CancelledError:
+            if traffic.closing:
+                traffic.cancelled += 1
+            raise
+        finally:
+            traffic.inflight -= 1
+            gauge.dec()
+
+    return tracked
+
+
 def build_app(parts: ProxyParts, state: ServingState) -> web.Application:
     app = web.Application(
         client_max_size=parts.config.max_request_body,
@@ -75,14 +100,13 @@ def build_app(parts: ProxyParts, state: ServingState) -> web.Application:
     if parts.config.transport == "sse":
         # A legacy SSE backend is served to clients as what it is.
         legacy = LegacySSEProxy(parts)
-        app.router.add_get("/sse", legacy.stream)
-        app.router.add_post("/messages", legacy.message)
-        app.router.add_post("/messages/", legacy.message)
+        app.router.add_get("/sse", _tracked(parts, legacy.stream))
+        app.router.add_post("/messages", _tracked(parts, legacy.message))
+        app.router.add_post("/messages/", _tracked(parts, legacy.message))
     else:
-        proxy = StreamableHTTPProxy(parts)
-        app.router.add_route("POST", "/mcp", proxy.handle)
-        app.router.add_route("GET", "/mcp", proxy.handle)
-        app.router.add_route("DELETE", "/mcp", proxy.handle)
+        handle = _tracked(parts, StreamableHTTPProxy(parts).handle)
+        for method in ("POST", "GET", "DELETE"):
+            app.router.add_route(method, "/mcp", handle)
     app.router.add_get("/health", _health)
     app.router.add_get("/readyz", _ready)
     app.router.add_get("/metrics", _metrics)

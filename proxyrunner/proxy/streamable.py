@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, replace
-from typing import Final
+from typing import Any, Final
 
 import aiohttp
 import structlog
@@ -70,8 +70,10 @@ class StreamableHTTPProxy:
         self._router = Router(parts.directory, parts.store)
         self._limit = parts.config.max_request_body
         self._headers_timeout = parts.config.backend_timeout
-        self._requests = parts.metrics.requests
-        self._duration = parts.metrics.request_duration
+        # Labelled metric children, cached: prometheus_client's labels() takes a lock and
+        # builds a tuple on every call, a measurable cost per request.
+        self._counted: dict[tuple[str, int], Any] = {}
+        self._timed: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ entry points
 
@@ -80,9 +82,6 @@ class StreamableHTTPProxy:
         method = request.method
         rpc_method = method  # refined from the body for POST
         metrics = self._p.metrics
-        traffic = self._p.streams
-        metrics.inflight.inc()
-        traffic.inflight += 1
         response: web.StreamResponse | None = None
         try:
             if method == "POST":
@@ -94,16 +93,17 @@ class StreamableHTTPProxy:
                 rpc_method = "DELETE session"
                 response = await self._delete(request)
             return response
-        except asyncio.CancelledError:
-            if traffic.closing:
-                traffic.cancelled += 1
-            raise
         finally:
-            metrics.inflight.dec()
-            traffic.inflight -= 1
             status = response.status if response is not None else 499
-            self._requests.labels(rpc_method, str(status)).inc()
-            self._duration.labels(rpc_method).observe(time.perf_counter() - started)
+            counter = self._counted.get((rpc_method, status))
+            if counter is None:
+                counter = metrics.requests.labels(rpc_method, str(status))
+                self._counted[(rpc_method, status)] = counter
+            counter.inc()
+            timer = self._timed.get(rpc_method)
+            if timer is None:
+                timer = self._timed[rpc_method] = metrics.request_duration.labels(rpc_method)
+            timer.observe(time.perf_counter() - started)
 
     async def _post(self, request: web.Request) -> tuple[web.StreamResponse, str]:
         client_sid = request.headers.get(SESSION_HEADER)
@@ -407,17 +407,18 @@ class StreamableHTTPProxy:
                 return web.Response(status=upstream.status, body=body, headers=headers)
             response = web.StreamResponse(status=upstream.status, headers=headers)
             await response.prepare(request)
-            if is_event_stream:
+            if is_event_stream and request.method == "GET":
+                # A listen stream: the one kind drain ends early (with a retry hint).
                 streams = self._p.streams
                 streams.open += 1
                 self._p.metrics.streams_open.inc()
                 try:
-                    await relay_event_stream(
-                        upstream, response, streams, closable=request.method == "GET"
-                    )
+                    await relay_event_stream(upstream, response, streams, closable=True)
                 finally:
                     streams.open -= 1
                     self._p.metrics.streams_open.dec()
+            elif is_event_stream:
+                await relay_event_stream(upstream, response, self._p.streams, closable=False)
             else:
                 async for chunk in upstream.content.iter_any():
                     await response.write(chunk)

@@ -4,6 +4,7 @@ end with a reconnect hint, and the process exits 0 within drain_timeout."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import signal
 import time
@@ -33,7 +34,12 @@ async def test_sigterm_lets_a_long_tool_call_finish_and_exits_0(
 ) -> None:
     backend = start_backend("alpha")
     proxy = start_proxy({"name": "demo", "remote_url": backend.url, **DRAIN})
-    async with Client(proxy.url, mode="legacy") as client:
+    client = Client(proxy.url, mode="legacy")
+    await client.__aenter__()
+    try:
+        # call_tool validates structured output against the tool's schema, listing the
+        # tools first if it has not: do that now, while there is a proxy to answer.
+        await client.list_tools()
         baseline = await inflight(proxy)
         call = asyncio.create_task(client.call_tool("sleep", {"seconds": 3}))
         deadline = time.monotonic() + 10
@@ -46,7 +52,11 @@ async def test_sigterm_lets_a_long_tool_call_finish_and_exits_0(
         assert http_status(f"{proxy.base}/health") == 200
         result = await call
         assert not result.is_error
-        assert "3" in tool_text(result)
+        assert tool_text(result) == "slept 3s"
+    finally:
+        # The only replica is gone by now: the client's closing DELETE cannot connect.
+        with contextlib.suppress(Exception):
+            await client.__aexit__(None, None, None)
     code = await asyncio.to_thread(proxy.wait, 15)
     assert code == 0
     assert time.monotonic() - signalled <= 10 + 1
@@ -100,7 +110,9 @@ async def test_a_second_signal_stops_at_once(
     proxy = start_proxy(
         {"name": "demo", "remote_url": backend.url, "drain_delay": "1s", "drain_timeout": "30s"}
     )
-    async with Client(proxy.url, mode="legacy") as client:
+    client = Client(proxy.url, mode="legacy")
+    await client.__aenter__()
+    try:
         baseline = await inflight(proxy)
         call = asyncio.create_task(client.call_tool("sleep", {"seconds": 20}))
         deadline = time.monotonic() + 10
@@ -115,5 +127,8 @@ async def test_a_second_signal_stops_at_once(
         assert code == 1
         assert time.monotonic() - started < 5
         call.cancel()
-        with pytest.raises((asyncio.CancelledError, Exception)):
+        with contextlib.suppress(asyncio.CancelledError, Exception):
             await call
+    finally:
+        with contextlib.suppress(Exception):
+            await client.__aexit__(None, None, None)

@@ -1,0 +1,253 @@
+"""Backends without a cluster: child processes, one remote URL, or a static list of URLs.
+
+A backend counts as ready while its periodic probe gets any HTTP answer (a 404 or 405 is
+an answer: the server is up; a refused connection is not). Probes hit the server's root
+path, never the MCP endpoint itself, so that a probe can never open an SSE stream or a
+session. Child processes run in their own process groups; a crashed child is restarted
+with exponential backoff on the same port, under the same name, so that sessions pinned
+to it can be re-initialized there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import os
+import signal
+import socket
+import time
+from collections.abc import Sequence
+from typing import Final
+
+import aiohttp
+import structlog
+from yarl import URL
+
+from proxyrunner.backends.directory import Backend
+from proxyrunner.config import RunConfig
+from proxyrunner.errors import ConfigError, StartupError
+from proxyrunner.metrics import Metrics
+
+_PROBE_INTERVAL: Final = 2.0
+_PROBE_INTERVAL_NOT_READY: Final = 0.1
+_PROBE_TIMEOUT: Final = 1.0
+_BACKOFF_FIRST: Final = 0.1
+_BACKOFF_MAX: Final = 10.0
+_STABLE_AFTER: Final = 30.0  # a child up this long has its backoff reset
+_STOP_GRACE: Final = 5.0
+_STDERR_LINES: Final = 20
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class _Slot:
+    """One backend and what is known about it now."""
+
+    def __init__(self, name: str, url: URL) -> None:
+        self.name = name
+        self.url = url
+        self.answering = False
+        self.process: asyncio.subprocess.Process | None = None
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_LINES)
+        self.exits = 0
+
+    @property
+    def ready(self) -> bool:
+        alive = self.process is None or self.process.returncode is None
+        return self.answering and alive
+
+    def as_backend(self) -> Backend:
+        return Backend(self.name, self.url, self.ready)
+
+
+class LocalBackendDirectory:
+    def __init__(
+        self,
+        config: RunConfig,
+        metrics: Metrics,
+        log: structlog.stdlib.BoundLogger,
+        client: aiohttp.ClientSession,
+    ) -> None:
+        if config.transport == "stdio":
+            raise ConfigError("transport: stdio is not supported by the local runtime yet")
+        self._config = config
+        self._metrics = metrics
+        self._log = log
+        self._client = client
+        self._tasks: list[asyncio.Task[None]] = []
+        self._children = bool(config.cmd_args)
+        path = "/sse" if config.transport == "sse" else "/mcp"
+        if config.remote_url is not None:
+            self._slots = [_Slot("remote", URL(config.remote_url))]
+        elif config.backend_urls:
+            self._slots = [
+                _Slot(f"static-{i}", URL(url)) for i, url in enumerate(config.backend_urls)
+            ]
+        else:
+            host = config.target_host
+            self._slots = [
+                _Slot(
+                    f"local-{i}",
+                    URL.build(scheme="http", host=host, port=_free_port(host), path=path),
+                )
+                for i in range(config.local_replicas)
+            ]
+        self._changed = asyncio.Event()
+
+    # ------------------------------------------------------------------ protocol
+
+    def ready_backends(self) -> Sequence[Backend]:
+        return [slot.as_backend() for slot in self._slots if slot.ready]
+
+    def get(self, name: str) -> Backend | None:
+        for slot in self._slots:
+            if slot.name == name:
+                return slot.as_backend()
+        return None
+
+    def describe(self) -> str:
+        ready = sum(slot.ready for slot in self._slots)
+        return f"{ready} of {len(self._slots)} backends ready"
+
+    async def start(self) -> None:
+        for slot in self._slots:
+            if self._children:
+                self._spawn_task(self._supervise(slot), f"child {slot.name}")
+            self._spawn_task(self._probe(slot), f"probe {slot.name}")
+        deadline = time.monotonic() + self._config.backend_start_timeout
+        while not any(slot.ready for slot in self._slots):
+            if self._children and all(slot.exits for slot in self._slots):
+                slot = self._slots[0]
+                raise StartupError(
+                    f"backend command {' '.join(self._config.cmd_args)!r} exited before it "
+                    f"served (exit code {slot.process.returncode if slot.process else '?'}); "
+                    f"last output: {' | '.join(slot.stderr_tail) or '(none)'}"
+                )
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise StartupError(
+                    f"no backend answered within {self._config.backend_start_timeout:g}s "
+                    f"({', '.join(str(s.url) for s in self._slots)})"
+                )
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._changed.wait()
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        await asyncio.gather(*(self._stop_child(slot) for slot in self._slots))
+        self._metrics.backends_ready.set(0)
+
+    # ------------------------------------------------------------------ internals
+
+    def _spawn_task(self, coro: object, name: str) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        task.set_name(name)
+        task.add_done_callback(self._task_ended)
+        self._tasks.append(task)
+
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self._log.error(
+                "background task failed", task=task.get_name(), error=repr(task.exception())
+            )
+
+    def _update(self, slot: _Slot, answering: bool) -> None:
+        was = slot.ready
+        slot.answering = answering
+        if slot.ready != was:
+            self._log.info(
+                "backend ready" if slot.ready else "backend not ready",
+                backend=slot.name,
+                url=str(slot.url),
+            )
+            self._metrics.backends_ready.set(sum(s.ready for s in self._slots))
+            self._changed.set()
+
+    async def _probe(self, slot: _Slot) -> None:
+        root = slot.url.with_path("/").with_query(None)
+        timeout = aiohttp.ClientTimeout(total=_PROBE_TIMEOUT)
+        while True:
+            try:
+                async with self._client.get(root, timeout=timeout) as response:
+                    await response.read()
+                answering = True
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                answering = False
+            self._update(slot, answering)
+            await asyncio.sleep(_PROBE_INTERVAL if slot.ready else _PROBE_INTERVAL_NOT_READY)
+
+    async def _supervise(self, slot: _Slot) -> None:
+        backoff = _BACKOFF_FIRST
+        while True:
+            started = time.monotonic()
+            await self._run_child(slot)
+            slot.exits += 1
+            self._update(slot, False)
+            code = slot.process.returncode if slot.process else None
+            if time.monotonic() - started > _STABLE_AFTER:
+                backoff = _BACKOFF_FIRST
+            self._log.warning(
+                "backend process exited; restarting",
+                backend=slot.name,
+                exit_code=code,
+                restart_in=backoff,
+                last_output=list(slot.stderr_tail)[-3:],
+            )
+            self._changed.set()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, _BACKOFF_MAX)
+
+    async def _run_child(self, slot: _Slot) -> None:
+        config = self._config
+        port = slot.url.port
+        env = {
+            **os.environ,
+            **config.env_vars,
+            "MCP_TRANSPORT": config.transport,
+            "MCP_HOST": config.target_host,
+            "MCP_PORT": str(port),
+            "PORT": str(port),
+            "DEMO_BACKEND_ID": slot.name,
+        }
+        process = await asyncio.create_subprocess_exec(
+            *config.cmd_args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        slot.process = process
+        self._log.info("backend process started", backend=slot.name, pid=process.pid, port=port)
+        assert process.stdout is not None
+        async for raw in process.stdout:
+            line = raw.decode("utf-8", "replace").rstrip()
+            slot.stderr_tail.append(line)
+            self._log.debug("backend output", backend=slot.name, line=line[:500])
+        await process.wait()
+
+    async def _stop_child(self, slot: _Slot) -> None:
+        process = slot.process
+        if process is None or process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            async with asyncio.timeout(_STOP_GRACE):
+                await process.wait()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()

@@ -1,0 +1,71 @@
+"""The demo MCP server: what the embedded default proxies, and the suite's SDK-built backend.
+
+It is an ordinary MCP server made with the official Python SDK, configured the way
+ToolHive configures containers: ``MCP_TRANSPORT`` (streamable-http, sse or stdio),
+``MCP_HOST`` and ``MCP_PORT``. ``DEMO_BACKEND_ID`` names it in ``whoami`` so that tests
+and curious users can see which backend served a call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+
+from mcp.server.mcpserver import MCPServer
+
+_MAX_SLEEP = 60.0
+
+
+def build_server(identity: str) -> MCPServer:
+    server = MCPServer("proxyrunner-demo", log_level="WARNING")
+
+    @server.tool()
+    def echo(text: str) -> str:
+        """Return the text unchanged."""
+        return text
+
+    @server.tool()
+    def add(a: float, b: float) -> float:
+        """Add two numbers."""
+        return a + b
+
+    @server.tool()
+    def whoami() -> str:
+        """Which backend process answered: its identity and pid, as JSON."""
+        return json.dumps({"id": identity, "pid": os.getpid()})
+
+    @server.tool()
+    async def sleep(seconds: float) -> str:
+        """Wait, then answer: a long tool call (at most 60 seconds)."""
+        seconds = max(0.0, min(float(seconds), _MAX_SLEEP))
+        await asyncio.sleep(seconds)
+        return f"slept {seconds:g}s"
+
+    return server
+
+
+def main() -> int:
+    transport = os.environ.get("MCP_TRANSPORT", "streamable-http")
+    host = os.environ.get("MCP_HOST", "127.0.0.1")
+    port = int(os.environ.get("MCP_PORT", "8000"))
+    identity = os.environ.get("DEMO_BACKEND_ID") or f"{host}:{port}"
+    server = build_server(identity)
+    if transport == "stdio":
+        server.run("stdio")
+    elif transport == "sse":
+        server.run("sse", host=host, port=port)
+    elif transport == "streamable-http":
+        server.run(
+            "streamable-http",
+            host=host,
+            port=port,
+            stateless_http=os.environ.get("DEMO_STATELESS") == "1",
+        )
+    else:
+        sys.stderr.write(
+            f"MCP_TRANSPORT must be streamable-http, sse or stdio, got {transport!r}\n"
+        )
+        return 2
+    return 0
