@@ -6,8 +6,12 @@ live in one test process and a metric can never be registered twice.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 # Proxy overhead is sub-millisecond; tool calls can take minutes.
 _LATENCY_BUCKETS = (
@@ -31,13 +35,58 @@ _LATENCY_BUCKETS = (
 )
 
 
+class _IntChild:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self, amount: int = 1) -> None:
+        self.value += amount
+
+
+class HotCounter(Collector):
+    """A labelled counter for the hot path: ``labels(...).inc()`` adds to a plain int
+    (no lock, no float boxing) and the registry reads the ints at scrape time. Safe because
+    all increments happen on the event loop thread."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: tuple[str, ...],
+        registry: CollectorRegistry,
+    ) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._labelnames = labelnames
+        self._children: dict[tuple[str, ...], _IntChild] = {}
+        registry.register(self)
+
+    def labels(self, *values: str, **by_name: str) -> _IntChild:
+        key = values or tuple(by_name[n] for n in self._labelnames)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = _IntChild()
+        return child
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
+        for key, child in self._children.items():
+            family.add_metric(list(key), child.value)
+        yield family
+
+    def describe(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
+
+
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
+        self.requests = HotCounter(
             "proxyrunner_requests",
             "Proxied MCP HTTP requests by JSON-RPC method and HTTP status.",
-            ["method", "status"],
+            ("method", "status"),
             registry=r,
         )
         self.request_duration = Histogram(
@@ -48,7 +97,9 @@ class Metrics:
             registry=r,
         )
         self.inflight = Gauge(
-            "proxyrunner_inflight_requests", "Requests being served now.", registry=r
+            "proxyrunner_inflight_requests",
+            "Requests being served now (read at scrape time).",
+            registry=r,
         )
         self.streams_open = Gauge(
             "proxyrunner_streams_open", "Open server-sent-event streams to clients.", registry=r
@@ -80,10 +131,10 @@ class Metrics:
             "Sessions re-initialized on another backend after theirs went away.",
             registry=r,
         )
-        self.store_lookups = Counter(
+        self.store_lookups = HotCounter(
             "proxyrunner_session_cache_lookups",
             "Session lookups in the local cache, by result (hit, miss).",
-            ["result"],
+            ("result",),
             registry=r,
         )
         self.redis_commands = Counter(

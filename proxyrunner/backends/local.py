@@ -17,8 +17,8 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Sequence
-from typing import Final
+from collections.abc import Coroutine, Sequence
+from typing import Any, Final
 
 import aiohttp
 import structlog
@@ -151,9 +151,8 @@ class LocalBackendDirectory:
 
     # ------------------------------------------------------------------ internals
 
-    def _spawn_task(self, coro: object, name: str) -> None:
-        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
-        task.set_name(name)
+    def _spawn_task(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
         task.add_done_callback(self._task_ended)
         self._tasks.append(task)
 

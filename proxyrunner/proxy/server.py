@@ -72,11 +72,9 @@ async def _metrics(request: web.Request) -> web.Response:
 def _tracked(parts: ProxyParts, handler: Handler) -> Handler:
     """Count the request as in flight, so that drain knows when the work is done."""
     traffic = parts.streams
-    gauge = parts.metrics.inflight
 
     async def tracked(request: web.Request) -> web.StreamResponse:
         traffic.inflight += 1
-        gauge.inc()
         try:
             return await handler(request)
         except asyncio.CancelledError:
@@ -85,7 +83,6 @@ def _tracked(parts: ProxyParts, handler: Handler) -> Handler:
             raise
         finally:
             traffic.inflight -= 1
-            gauge.dec()
 
     return tracked
 
@@ -97,6 +94,7 @@ def build_app(parts: ProxyParts, state: ServingState) -> web.Application:
     )
     app[PARTS_KEY] = parts
     app[STATE_KEY] = state
+    parts.metrics.inflight.set_function(lambda: parts.streams.inflight)
     if parts.config.transport == "sse":
         # A legacy SSE backend is served to clients as what it is.
         legacy = LegacySSEProxy(parts)

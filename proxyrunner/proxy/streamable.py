@@ -24,6 +24,7 @@ from proxyrunner.config import RunConfig
 from proxyrunner.errors import BackendUnavailable, StoreUnavailable
 from proxyrunner.metrics import Metrics
 from proxyrunner.proxy import protocol
+from proxyrunner.proxy.deadlines import DeadlineWatch
 from proxyrunner.proxy.headers import backend_request_headers, client_response_headers
 from proxyrunner.proxy.protocol import SESSION_HEADER
 from proxyrunner.proxy.routing import Router
@@ -70,10 +71,10 @@ class StreamableHTTPProxy:
         self._router = Router(parts.directory, parts.store)
         self._limit = parts.config.max_request_body
         self._headers_timeout = parts.config.backend_timeout
-        # Labelled metric children, cached: prometheus_client's labels() takes a lock and
-        # builds a tuple on every call, a measurable cost per request.
-        self._counted: dict[tuple[str, int], Any] = {}
+        # Histogram children, cached: prometheus_client's labels() takes a lock and builds
+        # a tuple on every call, a measurable cost per request.
         self._timed: dict[str, Any] = {}
+        self._deadlines = DeadlineWatch()
 
     # ------------------------------------------------------------------ entry points
 
@@ -95,11 +96,7 @@ class StreamableHTTPProxy:
             return response
         finally:
             status = response.status if response is not None else 499
-            counter = self._counted.get((rpc_method, status))
-            if counter is None:
-                counter = metrics.requests.labels(rpc_method, str(status))
-                self._counted[(rpc_method, status)] = counter
-            counter.inc()
+            metrics.requests.labels(rpc_method, str(status)).inc()
             timer = self._timed.get(rpc_method)
             if timer is None:
                 timer = self._timed[rpc_method] = metrics.request_duration.labels(rpc_method)
@@ -366,7 +363,7 @@ class StreamableHTTPProxy:
             url = url.with_query(request.query_string)
         data: object = self._body_stream(body) if isinstance(body, aiohttp.StreamReader) else body
         try:
-            async with asyncio.timeout(self._headers_timeout):
+            async with self._deadlines.limit(self._headers_timeout):
                 return await self._p.client.request(
                     request.method,
                     url,
