@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from tests.procs import DemoBackend, Proxy, marked_processes
+from tests.redis_server import RedisServer
 
 StartBackend = Callable[..., DemoBackend]
 StartProxy = Callable[..., Proxy]
@@ -85,3 +86,11 @@ def start_proxy(tmp_path: Path) -> Iterator[StartProxy]:
     yield start
     for proxy in started:
         proxy.stop(timeout=10)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server with a password on a free port, stopped after the test."""
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.kill()
