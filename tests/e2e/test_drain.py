@@ -13,9 +13,11 @@ import aiohttp
 import pytest
 from mcp import Client
 
+from tests.balancer import balancer
 from tests.conftest import StartBackend, StartProxy
 from tests.e2e.test_streamable_proxy import raw_initialize, tool_text
 from tests.procs import Proxy, eventually, http_status
+from tests.redis_server import RedisServer
 
 DRAIN = {"drain_delay": "1s", "drain_timeout": "10s"}
 
@@ -132,3 +134,77 @@ async def test_a_second_signal_stops_at_once(
     finally:
         with contextlib.suppress(Exception):
             await client.__aexit__(None, None, None)
+
+
+@pytest.mark.timeout(120)
+async def test_draining_one_of_two_replicas_loses_no_request(
+    start_backend: StartBackend, start_proxy: StartProxy, redis_server: RedisServer
+) -> None:
+    alpha, beta = start_backend("alpha"), start_backend("beta")
+    config = {
+        "name": "demo",
+        "backend_urls": [alpha.url, beta.url],
+        "session_redis": {"address": redis_server.address, "key_prefix": "drain"},
+        **DRAIN,
+    }
+    env = {"THV_SESSION_REDIS_PASSWORD": redis_server.password}
+    doomed, survivor = (start_proxy(config, env=env, label=f"replica{i}") for i in range(2))
+    stop = asyncio.Event()
+    completed: list[int] = []
+    failures: list[BaseException] = []
+
+    async with balancer([doomed.base, survivor.base]) as lb:
+
+        async def steady_client() -> None:
+            async with Client(f"{lb.url}/mcp", mode="legacy") as client:
+                await client.list_tools()
+                done = 0
+                while not stop.is_set():
+                    try:
+                        result = await client.call_tool("echo", {"text": f"n{done}"})
+                        assert tool_text(result) == f"n{done}"
+                        done += 1
+                    except Exception as exc:  # counted: the assertion below names them
+                        failures.append(exc)
+                completed.append(done)
+
+        clients = [asyncio.create_task(steady_client()) for _ in range(3)]
+        async with aiohttp.ClientSession() as http:
+            session_id = await raw_initialize(http, lb.url + "/mcp")
+            baseline = await inflight(doomed)
+            long_call = asyncio.create_task(
+                http.post(
+                    doomed.url,
+                    json={
+                        "jsonrpc": "2.0",
+                        "id": 99,
+                        "method": "tools/call",
+                        "params": {"name": "sleep", "arguments": {"seconds": 3}},
+                    },
+                    headers={
+                        "Accept": "application/json, text/event-stream",
+                        "Content-Type": "application/json",
+                        "Mcp-Session-Id": session_id,
+                        "MCP-Protocol-Version": "2025-06-18",
+                    },
+                )
+            )
+            deadline = time.monotonic() + 10
+            while await inflight(doomed) <= baseline:
+                assert time.monotonic() < deadline, "the long call never reached the replica"
+                await asyncio.sleep(0.02)
+            signalled = time.monotonic()
+            doomed.signal(signal.SIGTERM)
+            async with await long_call as response:
+                assert response.status == 200
+                assert "slept 3s" in await response.text()
+            code = await asyncio.to_thread(doomed.wait, 15)
+            exited_after = time.monotonic() - signalled
+            await asyncio.sleep(1.0)  # load keeps running against the survivor
+        stop.set()
+        await asyncio.gather(*clients)
+    assert not failures, failures
+    assert code == 0
+    assert exited_after <= 10 + 1
+    assert sum(completed) > 30
+    assert lb.served[survivor.base] > 0
