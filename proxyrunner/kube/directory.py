@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Coroutine, Sequence
+import json
+import os
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Final
 
 import structlog
@@ -20,6 +23,7 @@ from yarl import URL
 
 from proxyrunner.backends.directory import Backend
 from proxyrunner.config import RunConfig
+from proxyrunner.errors import ConfigError
 from proxyrunner.kube import workload
 from proxyrunner.kube.apply import WorkloadApplier
 from proxyrunner.kube.configmap import default_namespace
@@ -33,13 +37,38 @@ _BACKOFF_FIRST: Final = 0.2
 _BACKOFF_MAX: Final = 10.0
 
 
-def pod_url_resolver(transport: str) -> Resolver:
+POD_ADDRESS_MAP_ENV: Final = "PROXYRUNNER_POD_ADDRESS_MAP"
+
+
+def pod_url_resolver(transport: str, address_map: Mapping[str, str] | None = None) -> Resolver:
+    """The pod's own address by default. ``address_map`` (pod name -> URL) overrides it
+    for named pods: the documented hook for tests and local development, where pods are
+    objects without a kubelet and their servers run as local processes."""
     path = "/sse" if transport == "sse" else "/mcp"
+    overrides = dict(address_map or {})
 
     def resolve(name: str, ip: str, port: int) -> URL:
+        if name in overrides:
+            return URL(overrides[name])
         return URL.build(scheme="http", host=ip, port=port, path=path)
 
     return resolve
+
+
+def address_map_from_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """$PROXYRUNNER_POD_ADDRESS_MAP names a JSON file mapping pod names to URLs."""
+    path = environ.get(POD_ADDRESS_MAP_ENV)
+    if not path:
+        return {}
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"{POD_ADDRESS_MAP_ENV}: cannot read {path} ({exc.__class__.__name__})"
+        ) from exc
+    if not isinstance(doc, dict) or not all(isinstance(v, str) for v in doc.values()):
+        raise ConfigError(f"{POD_ADDRESS_MAP_ENV}: {path} must map pod names to URLs")
+    return {str(k): v for k, v in doc.items()}
 
 
 def _pod_ready(pod: Any) -> bool:
@@ -65,7 +94,9 @@ class KubernetesBackendDirectory:
         self._metrics = metrics
         self._ns = config.namespace or default_namespace()
         self._log = log.bind(namespace=self._ns, statefulset=config.name)
-        self._resolve = resolve or pod_url_resolver(config.transport)
+        self._resolve = resolve or pod_url_resolver(
+            config.transport, address_map_from_env(os.environ)
+        )
         self._port = workload.target_port(config)
         self._backends: dict[str, Backend] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -173,16 +204,25 @@ class KubernetesBackendDirectory:
                 backoff = min(backoff * 2, _BACKOFF_MAX)
 
     async def _watch_statefulset(self) -> None:
-        """Apply again if someone deletes the StatefulSet while we run."""
+        """Apply again if someone deletes the StatefulSet while we run. Each (re)start
+        lists first and watches from that list's resourceVersion, so a deletion between
+        two watches (or before the first) is not missed."""
         apps = client.AppsV1Api(self._api)
+        selector = f"metadata.name={self._config.name}"
         backoff = _BACKOFF_FIRST
         while True:
             try:
+                listed = await apps.list_namespaced_stateful_set(self._ns, field_selector=selector)
+                if not listed.items:
+                    self._log.warning("backend StatefulSet missing; applying it again")
+                    await self.applier.apply_all()
+                    continue
                 async with watch.Watch() as stream:
                     async for event in stream.stream(
                         apps.list_namespaced_stateful_set,
                         self._ns,
-                        field_selector=f"metadata.name={self._config.name}",
+                        field_selector=selector,
+                        resource_version=listed.metadata.resource_version,
                         timeout_seconds=_WATCH_SECONDS,
                     ):
                         if event["type"] == "DELETED":
