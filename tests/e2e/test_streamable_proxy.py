@@ -307,3 +307,45 @@ async def test_metrics_count_requests_by_method_and_sessions(
     assert "proxyrunner_sessions_created_total 1.0" in text
     assert "proxyrunner_request_duration_seconds_bucket" in text
     assert http_status(f"{proxy.base}/health") == 200
+
+
+def test_port_taken_is_a_startup_failure_exit_3(
+    start_backend: StartBackend, start_proxy: StartProxy
+) -> None:
+    backend = start_backend("alpha")
+    first = start_proxy({"name": "demo", "remote_url": backend.url})
+    second = start_proxy(
+        {"name": "demo", "remote_url": backend.url, "port": first.port}, wait=False, label="second"
+    )
+    assert second.wait(timeout=30) == 3
+    assert f"cannot listen on 127.0.0.1:{first.port}" in second.output()
+
+
+def test_backend_that_never_answers_is_a_startup_failure_exit_3(start_proxy: StartProxy) -> None:
+    closed = free_port()
+    proxy = start_proxy(
+        {
+            "name": "demo",
+            "remote_url": f"http://127.0.0.1:{closed}/mcp",
+            "backend_start_timeout": "1s",
+        },
+        wait=False,
+    )
+    assert proxy.wait(timeout=30) == 3
+    assert "no backend answered within 1s" in proxy.output()
+
+
+def test_child_command_that_exits_at_once_is_a_startup_failure_naming_it(
+    start_proxy: StartProxy,
+) -> None:
+    proxy = start_proxy(
+        {
+            "name": "demo",
+            "cmd_args": [sys.executable, "-c", "import sys; print('boom'); sys.exit(4)"],
+        },
+        wait=False,
+    )
+    assert proxy.wait(timeout=30) == 3
+    output = proxy.output()
+    assert "exited before it served" in output
+    assert "boom" in output
