@@ -17,8 +17,8 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Coroutine, Sequence
-from typing import Any, Final
+from collections.abc import Sequence
+from typing import Final
 
 import aiohttp
 import structlog
@@ -28,6 +28,7 @@ from proxyrunner.backends.directory import Backend
 from proxyrunner.config import RunConfig
 from proxyrunner.errors import ConfigError, StartupError
 from proxyrunner.metrics import Metrics
+from proxyrunner.tasks import BackgroundTasks
 
 _PROBE_INTERVAL: Final = 2.0
 _PROBE_INTERVAL_NOT_READY: Final = 0.1
@@ -79,7 +80,7 @@ class LocalBackendDirectory:
         self._metrics = metrics
         self._log = log
         self._client = client
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks = BackgroundTasks(log)
         self._children = bool(config.cmd_args)
         path = "/sse" if config.transport == "sse" else "/mcp"
         if config.remote_url is not None:
@@ -117,8 +118,8 @@ class LocalBackendDirectory:
     async def start(self) -> None:
         for slot in self._slots:
             if self._children:
-                self._spawn_task(self._supervise(slot), f"child {slot.name}")
-            self._spawn_task(self._probe(slot), f"probe {slot.name}")
+                self._tasks.spawn(self._supervise(slot), f"child {slot.name}")
+            self._tasks.spawn(self._probe(slot), f"probe {slot.name}")
         deadline = time.monotonic() + self._config.backend_start_timeout
         while not any(slot.ready for slot in self._slots):
             if self._children and all(slot.exits for slot in self._slots):
@@ -140,27 +141,11 @@ class LocalBackendDirectory:
                     await self._changed.wait()
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
+        await self._tasks.cancel_all()
         await asyncio.gather(*(self._stop_child(slot) for slot in self._slots))
         self._metrics.backends_ready.set(0)
 
     # ------------------------------------------------------------------ internals
-
-    def _spawn_task(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        task.add_done_callback(self._task_ended)
-        self._tasks.append(task)
-
-    def _task_ended(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            self._log.error(
-                "background task failed", task=task.get_name(), error=repr(task.exception())
-            )
 
     def _update(self, slot: _Slot, answering: bool) -> None:
         was = slot.ready

@@ -134,7 +134,6 @@ class WorkloadApplier:
     async def _apply_existing(
         self, existing: dict[str, Any], stamp: bool, annotations: dict[str, str]
     ) -> None:
-        name = self._config.name
         version = existing["metadata"]["resourceVersion"]
         if self._config.backend_replicas is None:
             version = await self._hand_over_replicas(existing) or version
@@ -145,7 +144,11 @@ class WorkloadApplier:
             restarted_at=annotations.get(workload.RESTARTED_AT_ANNOTATION),
             resource_version=version,
         )
-        await call(
+        await self._apply(body, self._manager)
+
+    async def _apply(self, body: dict[str, Any], manager: str) -> dict[str, Any]:
+        name = self._config.name
+        return await call(
             "patch",
             f"statefulsets/{name}",
             self._ns,
@@ -153,7 +156,7 @@ class WorkloadApplier:
                 name,
                 self._ns,
                 body,
-                field_manager=self._manager,
+                field_manager=manager,
                 force=True,
                 _content_type=APPLY,
                 _preload_content=False,
@@ -170,20 +173,7 @@ class WorkloadApplier:
         replicas = int(existing.get("spec", {}).get("replicas", 1))
         body = workload.replicas_body(self._config.name, self._ns, replicas)
         body["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
-        answer = await call(
-            "patch",
-            f"statefulsets/{self._config.name}",
-            self._ns,
-            self._apps.patch_namespaced_stateful_set(
-                self._config.name,
-                self._ns,
-                body,
-                field_manager=f"{self._manager}-replicas-handoff",
-                force=True,
-                _content_type=APPLY,
-                _preload_content=False,
-            ),
-        )
+        answer = await self._apply(body, f"{self._manager}-replicas-handoff")
         self._log.info("replica count handed over to its other owners", replicas=replicas)
         return str(answer["metadata"]["resourceVersion"])
 

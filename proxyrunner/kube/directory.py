@@ -9,10 +9,9 @@ kube-apiserver refuses loopback addresses in EndpointSlices, which the tests nee
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -28,6 +27,7 @@ from proxyrunner.kube import workload
 from proxyrunner.kube.apply import WorkloadApplier
 from proxyrunner.kube.configmap import default_namespace
 from proxyrunner.metrics import Metrics
+from proxyrunner.tasks import BackgroundTasks
 
 Resolver = Callable[[str, str, int], URL]
 """(pod name, pod IP, port) -> the pod's MCP endpoint URL."""
@@ -99,7 +99,7 @@ class KubernetesBackendDirectory:
         )
         self._port = workload.target_port(config)
         self._backends: dict[str, Backend] = {}
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks = BackgroundTasks(self._log)
         self.applier = WorkloadApplier(api, config, self._ns, metrics, self._log)
         if config.transport == "stdio" and (config.backend_replicas or 0) > 1:
             self._log.warning("stdio transport: backend_replicas capped at 1")
@@ -108,16 +108,11 @@ class KubernetesBackendDirectory:
         await self.applier.apply_all()
         await self.applier.wait_ready(self._config.statefulset_ready_timeout)
         await self._list_pods()
-        self._spawn(self._watch_pods(), "watch backend pods")
-        self._spawn(self._watch_statefulset(), "watch backend statefulset")
+        self._tasks.spawn(self._watch_pods(), "watch backend pods")
+        self._tasks.spawn(self._watch_statefulset(), "watch backend statefulset")
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
+        await self._tasks.cancel_all()
 
     def ready_backends(self) -> Sequence[Backend]:
         return [b for b in self._backends.values() if b.ready]
@@ -130,17 +125,6 @@ class KubernetesBackendDirectory:
         return f"{ready} of {len(self._backends)} backend pods ready"
 
     # ------------------------------------------------------------------ internals
-
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        task.add_done_callback(self._task_ended)
-        self._tasks.append(task)
-
-    def _task_ended(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            self._log.error(
-                "background task failed", task=task.get_name(), error=repr(task.exception())
-            )
 
     def _update(self, pod: Any, deleted: bool = False) -> None:
         name = pod.metadata.name

@@ -49,6 +49,7 @@ from proxyrunner.errors import StartupError, StoreUnavailable
 from proxyrunner.metrics import Metrics
 from proxyrunner.sessions.record import SessionRecord
 from proxyrunner.sessions.store import StoreHealth
+from proxyrunner.tasks import BackgroundTasks
 
 # Small timeouts: a slow Redis must never stall requests for long.
 _SOCKET_TIMEOUT: Final = 0.5
@@ -102,7 +103,7 @@ class TieredSessionStore:
         self._up = False
         self._last_error = "not connected yet"
         self._next_refresh = time.monotonic() + self._touch_interval
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks = BackgroundTasks(self._log)
         self._rebind: Any = None
         self._run_id: str | None = None
         common: dict[str, Any] = {
@@ -141,22 +142,11 @@ class TieredSessionStore:
                 error=self._last_error,
             )
         self._rebind = self._redis.register_script(_REBIND_SCRIPT)
-        loop = asyncio.get_running_loop()
-        for coro, name in (
-            (self._flush_loop(), "redis-flush"),
-            (self._listen_loop(), "redis-invalidations"),
-        ):
-            task = loop.create_task(coro, name=name)
-            task.add_done_callback(self._task_ended)
-            self._tasks.append(task)
+        self._tasks.spawn(self._flush_loop(), "redis-flush")
+        self._tasks.spawn(self._listen_loop(), "redis-invalidations")
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
+        await self._tasks.cancel_all()
         if self._up:
             with contextlib.suppress(StoreUnavailable):
                 await self._flush()
@@ -391,9 +381,3 @@ class TieredSessionStore:
             finally:
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
-
-    def _task_ended(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            self._log.error(
-                "session store task failed", task=task.get_name(), error=repr(task.exception())
-            )
