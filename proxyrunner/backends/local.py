@@ -98,6 +98,7 @@ class LocalBackendDirectory:
                 )
                 for i in range(config.local_replicas)
             ]
+        self._by_name = {slot.name: slot for slot in self._slots}
         self._changed = asyncio.Event()
 
     # ------------------------------------------------------------------ protocol
@@ -106,10 +107,8 @@ class LocalBackendDirectory:
         return [slot.as_backend() for slot in self._slots if slot.ready]
 
     def get(self, name: str) -> Backend | None:
-        for slot in self._slots:
-            if slot.name == name:
-                return slot.as_backend()
-        return None
+        slot = self._by_name.get(name)
+        return slot.as_backend() if slot is not None else None
 
     def describe(self) -> str:
         ready = sum(slot.ready for slot in self._slots)
