@@ -15,6 +15,7 @@ from typing import Final
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from proxyrunner.proxy.protocol import INVALID_REQUEST, error_response
 from proxyrunner.proxy.sse import LegacySSEProxy
 from proxyrunner.proxy.streamable import ProxyParts, StreamableHTTPProxy
 
@@ -62,6 +63,15 @@ async def _ready(request: web.Request) -> web.Response:
     )
 
 
+async def _method_not_allowed(request: web.Request) -> web.Response:
+    return error_response(
+        405,
+        INVALID_REQUEST,
+        f"{request.method} is not part of MCP's streamable HTTP transport",
+        headers={"Allow": "GET, POST, DELETE"},
+    )
+
+
 async def _metrics(request: web.Request) -> web.Response:
     body = request.app[PARTS_KEY].metrics.render()
     response = web.Response(body=body)
@@ -105,6 +115,8 @@ def build_app(parts: ProxyParts, state: ServingState) -> web.Application:
         handle = _tracked(parts, StreamableHTTPProxy(parts).handle)
         for method in ("POST", "GET", "DELETE"):
             app.router.add_route(method, "/mcp", handle)
+        for method in ("PUT", "PATCH"):
+            app.router.add_route(method, "/mcp", _method_not_allowed)
     app.router.add_get("/health", _health)
     app.router.add_get("/readyz", _ready)
     app.router.add_get("/metrics", _metrics)

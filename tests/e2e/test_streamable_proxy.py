@@ -3,6 +3,7 @@ proxyrunner as a real process in between."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -222,6 +223,17 @@ async def test_oversized_body_gets_413_with_jsonrpc_error(
             assert response.status == 413
 
 
+async def test_a_method_outside_the_transport_gets_405_with_a_jsonrpc_error(
+    start_backend: StartBackend, start_proxy: StartProxy
+) -> None:
+    backend = start_backend("alpha")
+    proxy = start_proxy({"name": "demo", "remote_url": backend.url})
+    async with aiohttp.ClientSession() as http, http.put(proxy.url, data=b"{}") as response:
+        assert response.status == 405
+        assert response.headers["Allow"] == "GET, POST, DELETE"
+        assert (await response.json())["error"]["code"] == -32600
+
+
 async def test_non_json_body_without_session_gets_400_parse_error(
     start_backend: StartBackend, start_proxy: StartProxy
 ) -> None:
@@ -349,3 +361,43 @@ def test_child_command_that_exits_at_once_is_a_startup_failure_naming_it(
     output = proxy.output()
     assert "exited before it served" in output
     assert "boom" in output
+
+
+async def test_backend_that_sends_no_headers_in_time_gets_504(start_proxy: StartProxy) -> None:
+    from aiohttp import web
+
+    stuck = asyncio.Event()
+
+    async def probe(request: web.Request) -> web.Response:
+        return web.Response(text="up")
+
+    async def never(request: web.Request) -> web.Response:
+        await stuck.wait()  # released at the end of the test
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_get("/", probe)
+    app.router.add_post("/mcp", never)
+    runner = web.AppRunner(app, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        proxy = await asyncio.to_thread(
+            start_proxy,
+            {
+                "name": "demo",
+                "remote_url": f"http://127.0.0.1:{port}/mcp",
+                "backend_timeout": "1s",
+            },
+        )
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(proxy.url, json=tools_call(1), headers=MCP_HEADERS) as response,
+        ):
+            assert response.status == 504
+            assert (await response.json())["error"]["code"] == -32003
+    finally:
+        stuck.set()
+        await runner.cleanup()
