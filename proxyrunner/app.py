@@ -53,6 +53,10 @@ def _backend_client(config: RunConfig) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=10)
     return aiohttp.ClientSession(
         connector=connector,
+        # A proxy must never keep one client's backend cookies and replay them for
+        # another: cookies pass through in headers, untouched (and untracked, which is
+        # also cheaper per request).
+        cookie_jar=aiohttp.DummyCookieJar(),
         auto_decompress=False,  # relay bytes as the backend encoded them
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
         skip_auto_headers=("User-Agent",),
@@ -118,8 +122,8 @@ class ProxyProcess:
                 return self._exit_code()
             self.log.info("ready", backends=directory.describe(), store=store.health().reason)
             await self.signals.stop_requested.wait()
-            await self._drain(runner)
-            runner = None
+            if await self._drain(runner):
+                runner = None  # cleaned up by the drain
             return self._exit_code()
         finally:
             await self._release(runner, directory, store, client)
@@ -173,13 +177,15 @@ class ProxyProcess:
 
     async def _wait_for(self, done: Callable[[], bool], what: str) -> None:
         loop = asyncio.get_running_loop()
-        while not done():
+        while not done() and not self.signals.force_requested.is_set():
             if loop.time() >= self._deadline:
                 self.log.warning("drain deadline reached", waiting_for=what)
                 return
             await asyncio.sleep(_DRAIN_POLL)
 
-    async def _drain(self, runner: web.AppRunner) -> None:
+    async def _drain(self, runner: web.AppRunner) -> bool:
+        """The graceful drain; True when it cleaned the runner up, False when a second
+        signal cut it short (the caller then releases everything at once)."""
         config = self.config
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -192,7 +198,7 @@ class ProxyProcess:
             inflight=self.streams.inflight,
         )
         if await self.signals.wait_or_force(config.drain_delay):
-            return
+            return False
         cleanup = asyncio.ensure_future(runner.cleanup())
         force = asyncio.ensure_future(self.signals.force_requested.wait())
         await asyncio.wait({cleanup, force}, return_when=asyncio.FIRST_COMPLETED)
@@ -201,13 +207,14 @@ class ProxyProcess:
             cleanup.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await cleanup
-        else:
-            cleanup.result()
+            return False
+        cleanup.result()
         self.log.info(
             "drained",
             seconds=round(loop.time() - started, 3),
             cancelled=self.streams.cancelled,
         )
+        return True
 
     async def _release(
         self,

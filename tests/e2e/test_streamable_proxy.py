@@ -401,3 +401,47 @@ async def test_backend_that_sends_no_headers_in_time_gets_504(start_proxy: Start
     finally:
         stuck.set()
         await runner.cleanup()
+
+
+async def test_backend_cookies_reach_their_client_and_are_never_replayed_for_another(
+    start_proxy: StartProxy,
+) -> None:
+    from aiohttp import web
+
+    seen_cookies: list[str | None] = []
+
+    async def probe(request: web.Request) -> web.Response:
+        return web.Response(text="up")
+
+    async def mcp(request: web.Request) -> web.Response:
+        seen_cookies.append(request.headers.get("Cookie"))
+        response = web.json_response({"jsonrpc": "2.0", "id": 1, "result": {}})
+        response.headers["Set-Cookie"] = "affinity=backend-secret; Path=/"
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", probe)
+    app.router.add_post("/mcp", mcp)
+    runner = web.AppRunner(app, shutdown_timeout=0.5)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    try:
+        proxy = await asyncio.to_thread(
+            # A host name, not an IP: aiohttp keeps cookies only for named hosts.
+            start_proxy,
+            {"name": "demo", "remote_url": f"http://localhost:{port}/mcp"},
+        )
+        async with (
+            aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as first,
+            first.post(proxy.url, json=tools_call(1), headers=MCP_HEADERS) as response,
+        ):
+            assert "affinity=backend-secret" in response.headers.get("Set-Cookie", "")
+        async with (
+            aiohttp.ClientSession() as second,
+            second.post(proxy.url, json=tools_call(2), headers=MCP_HEADERS) as response,
+        ):
+            assert response.status == 200
+        assert seen_cookies == [None, None]
+    finally:
+        await runner.cleanup()
