@@ -30,6 +30,14 @@ async def inflight(proxy: Proxy) -> int:
     return int(float(match.group(1)))
 
 
+async def until_inflight_grows(proxy: Proxy, baseline: int) -> None:
+    """Wait until one more request than ``baseline`` is in flight at the proxy."""
+    deadline = time.monotonic() + 10
+    while await inflight(proxy) <= baseline:
+        assert time.monotonic() < deadline, "the request never reached the proxy"
+        await asyncio.sleep(0.02)
+
+
 @pytest.mark.timeout(60)
 async def test_sigterm_lets_a_long_tool_call_finish_and_exits_0(
     start_backend: StartBackend, start_proxy: StartProxy
@@ -44,10 +52,7 @@ async def test_sigterm_lets_a_long_tool_call_finish_and_exits_0(
         await client.list_tools()
         baseline = await inflight(proxy)
         call = asyncio.create_task(client.call_tool("sleep", {"seconds": 3}))
-        deadline = time.monotonic() + 10
-        while await inflight(proxy) <= baseline:
-            assert time.monotonic() < deadline, "the tool call never reached the proxy"
-            await asyncio.sleep(0.02)
+        await until_inflight_grows(proxy, baseline)
         signalled = time.monotonic()
         proxy.signal(signal.SIGTERM)
         await eventually(lambda: http_status(f"{proxy.base}/readyz") == 503, 2, "readyz 503")
@@ -117,10 +122,7 @@ async def test_a_second_signal_stops_at_once(
     try:
         baseline = await inflight(proxy)
         call = asyncio.create_task(client.call_tool("sleep", {"seconds": 20}))
-        deadline = time.monotonic() + 10
-        while await inflight(proxy) <= baseline:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.02)
+        await until_inflight_grows(proxy, baseline)
         proxy.signal(signal.SIGTERM)
         await eventually(lambda: http_status(f"{proxy.base}/readyz") == 503, 2, "readyz 503")
         started = time.monotonic()
@@ -189,10 +191,7 @@ async def test_draining_one_of_two_replicas_loses_no_request(
                     },
                 )
             )
-            deadline = time.monotonic() + 10
-            while await inflight(doomed) <= baseline:
-                assert time.monotonic() < deadline, "the long call never reached the replica"
-                await asyncio.sleep(0.02)
+            await until_inflight_grows(doomed, baseline)
             signalled = time.monotonic()
             doomed.signal(signal.SIGTERM)
             async with await long_call as response:

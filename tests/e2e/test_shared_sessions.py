@@ -13,7 +13,13 @@ from mcp import Client
 
 from tests.balancer import balancer
 from tests.conftest import StartBackend, StartProxy
-from tests.e2e.test_streamable_proxy import MCP_HEADERS, raw_initialize, tool_text, whoami
+from tests.e2e.test_streamable_proxy import (
+    MCP_HEADERS,
+    raw_initialize,
+    tool_text,
+    tools_call,
+    whoami,
+)
 from tests.procs import Proxy, eventually, http_status
 from tests.redis_server import RedisServer
 
@@ -35,15 +41,6 @@ def start_replicas(
         start_proxy(shared_config(redis, backends, **extra), env=env, label=f"replica{i}")
         for i in range(count)
     ]
-
-
-def call(request_id: int, name: str = "whoami", **arguments: Any) -> dict[str, Any]:
-    return {
-        "jsonrpc": "2.0",
-        "id": request_id,
-        "method": "tools/call",
-        "params": {"name": name, "arguments": arguments},
-    }
 
 
 async def post_sse_json(
@@ -84,13 +81,13 @@ async def test_delete_through_one_replica_is_404_on_another_within_a_second(
     one, two = start_replicas(start_proxy, redis_server, [alpha.url], 2)
     async with aiohttp.ClientSession() as http:
         session_id = await raw_initialize(http, one.url)
-        status, _ = await post_sse_json(http, one.url, session_id, call(1))
+        status, _ = await post_sse_json(http, one.url, session_id, tools_call(1, "whoami"))
         assert status == 200  # replica one has it cached now
         async with http.delete(two.url, headers={"Mcp-Session-Id": session_id}) as response:
             assert response.status in (200, 204)
         deleted_at = time.monotonic()
         while True:
-            status, body = await post_sse_json(http, one.url, session_id, call(2))
+            status, body = await post_sse_json(http, one.url, session_id, tools_call(2, "whoami"))
             if status == 404:
                 break
             assert time.monotonic() - deleted_at < 1.0, "replica one still served the session"
@@ -177,7 +174,7 @@ async def test_warm_sessions_cost_at_most_005_redis_commands_per_request(
             done = 0
             while done < 750:
                 status, _ = await post_sse_json(
-                    http, proxy.url, session_id, call(done, "echo", text="k")
+                    http, proxy.url, session_id, tools_call(done, text="k")
                 )
                 assert status == 200
                 done += 1

@@ -4,21 +4,25 @@ proxyrunner as a real process in between."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import sys
 from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from mcp import Client
 
 from tests.conftest import StartBackend, StartProxy
 from tests.procs import Proc, eventually, free_port, http_status
 
+Handler = Callable[[web.Request], Awaitable[web.Response]]
 REPO = Path(__file__).resolve().parents[2]
 EVERYTHING = REPO / "tests" / "node" / "node_modules" / ".bin" / "mcp-server-everything"
 INIT = {
@@ -55,6 +59,26 @@ async def raw_initialize(http: aiohttp.ClientSession, url: str) -> str:
     ) as response:
         assert response.status == 202
     return session_id
+
+
+@contextlib.asynccontextmanager
+async def http_backend(post_mcp: Handler) -> AsyncIterator[int]:
+    """A hand-written backend on a free port: answers the readiness probe at / and
+    POST /mcp with ``post_mcp``. Yields its port."""
+
+    async def probe(request: web.Request) -> web.Response:
+        return web.Response(text="up")
+
+    app = web.Application()
+    app.router.add_get("/", probe)
+    app.router.add_post("/mcp", post_mcp)
+    runner = web.AppRunner(app, shutdown_timeout=0.5)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield int(runner.addresses[0][1])
+    finally:
+        await runner.cleanup()
 
 
 def tools_call(request_id: int, name: str = "echo", **arguments: Any) -> dict[str, Any]:
@@ -364,54 +388,36 @@ def test_child_command_that_exits_at_once_is_a_startup_failure_naming_it(
 
 
 async def test_backend_that_sends_no_headers_in_time_gets_504(start_proxy: StartProxy) -> None:
-    from aiohttp import web
-
     stuck = asyncio.Event()
-
-    async def probe(request: web.Request) -> web.Response:
-        return web.Response(text="up")
 
     async def never(request: web.Request) -> web.Response:
         await stuck.wait()  # released at the end of the test
         return web.Response()
 
-    app = web.Application()
-    app.router.add_get("/", probe)
-    app.router.add_post("/mcp", never)
-    runner = web.AppRunner(app, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        proxy = await asyncio.to_thread(
-            start_proxy,
-            {
-                "name": "demo",
-                "remote_url": f"http://127.0.0.1:{port}/mcp",
-                "backend_timeout": "1s",
-            },
-        )
-        async with (
-            aiohttp.ClientSession() as http,
-            http.post(proxy.url, json=tools_call(1), headers=MCP_HEADERS) as response,
-        ):
-            assert response.status == 504
-            assert (await response.json())["error"]["code"] == -32003
-    finally:
-        stuck.set()
-        await runner.cleanup()
+    async with http_backend(never) as port:
+        try:
+            proxy = await asyncio.to_thread(
+                start_proxy,
+                {
+                    "name": "demo",
+                    "remote_url": f"http://127.0.0.1:{port}/mcp",
+                    "backend_timeout": "1s",
+                },
+            )
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(proxy.url, json=tools_call(1), headers=MCP_HEADERS) as response,
+            ):
+                assert response.status == 504
+                assert (await response.json())["error"]["code"] == -32003
+        finally:
+            stuck.set()
 
 
 async def test_backend_cookies_reach_their_client_and_are_never_replayed_for_another(
     start_proxy: StartProxy,
 ) -> None:
-    from aiohttp import web
-
     seen_cookies: list[str | None] = []
-
-    async def probe(request: web.Request) -> web.Response:
-        return web.Response(text="up")
 
     async def mcp(request: web.Request) -> web.Response:
         seen_cookies.append(request.headers.get("Cookie"))
@@ -419,14 +425,7 @@ async def test_backend_cookies_reach_their_client_and_are_never_replayed_for_ano
         response.headers["Set-Cookie"] = "affinity=backend-secret; Path=/"
         return response
 
-    app = web.Application()
-    app.router.add_get("/", probe)
-    app.router.add_post("/mcp", mcp)
-    runner = web.AppRunner(app, shutdown_timeout=0.5)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    port = runner.addresses[0][1]
-    try:
+    async with http_backend(mcp) as port:
         proxy = await asyncio.to_thread(
             # A host name, not an IP: aiohttp keeps cookies only for named hosts.
             start_proxy,
@@ -443,5 +442,3 @@ async def test_backend_cookies_reach_their_client_and_are_never_replayed_for_ano
         ):
             assert response.status == 200
         assert seen_cookies == [None, None]
-    finally:
-        await runner.cleanup()
