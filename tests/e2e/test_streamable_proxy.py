@@ -442,3 +442,25 @@ async def test_backend_cookies_reach_their_client_and_are_never_replayed_for_ano
         ):
             assert response.status == 200
         assert seen_cookies == [None, None]
+
+
+@pytest.mark.timeout(90)
+async def test_embedded_default_serves_two_demo_backends_and_drains(tmp_path: Path) -> None:
+    port = free_port()
+    proc = Proc(
+        [sys.executable, "-m", "proxyrunner", "run", "--embedded", "--port", str(port),
+         "--drain-delay", "0.2s", "--log-format", "json"],
+        tmp_path / "embedded.log",
+        {},
+    )  # fmt: skip
+    try:
+        await eventually(
+            lambda: http_status(f"http://127.0.0.1:{port}/readyz") == 200, 60, "the demo"
+        )
+        seen = set()
+        for _ in range(2):
+            async with Client(f"http://127.0.0.1:{port}/mcp", mode="legacy") as client:
+                seen.add((await whoami(client))["id"])
+        assert seen == {"local-0", "local-1"}
+    finally:
+        assert await asyncio.to_thread(proc.stop, 20) == 0
