@@ -106,6 +106,7 @@ class TieredSessionStore:
         self._tasks = BackgroundTasks(self._log)
         self._rebind: Any = None
         self._run_id: str | None = None
+        self._subscribed = asyncio.Event()
         common: dict[str, Any] = {
             "host": rc.host,
             "port": rc.port,
@@ -144,6 +145,12 @@ class TieredSessionStore:
         self._rebind = self._redis.register_script(_REBIND_SCRIPT)
         self._tasks.spawn(self._flush_loop(), "redis-flush")
         self._tasks.spawn(self._listen_loop(), "redis-invalidations")
+        if self._up:
+            # Serve only once invalidations reach us: a session cached before the
+            # subscription is live could miss a delete made on another replica.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_SOCKET_TIMEOUT * 2):
+                    await self._subscribed.wait()
 
     async def close(self) -> None:
         await self._tasks.cancel_all()
@@ -356,9 +363,16 @@ class TieredSessionStore:
         backoff = _RECONNECT_FIRST
         first = True
         while True:
-            pubsub = self._subscriber.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._subscriber.pubsub()
             try:
                 await self._command("subscribe", pubsub.subscribe(self._channel))
+                # Subscribed once the server confirms it: publishes after that reach us.
+                confirmation = None
+                while confirmation is None or confirmation.get("type") != "subscribe":
+                    confirmation = await pubsub.get_message(timeout=_SOCKET_TIMEOUT * 2)
+                    if confirmation is None:
+                        raise StoreUnavailable("no subscription confirmation from Redis")
+                self._subscribed.set()
                 if not first:
                     await self._check_restart()
                     self._set_up(True)
