@@ -9,6 +9,8 @@ import json
 import os
 import signal
 import sys
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -79,6 +81,17 @@ async def http_backend(post_mcp: Handler) -> AsyncIterator[int]:
         yield int(runner.addresses[0][1])
     finally:
         await runner.cleanup()
+
+
+def readyz_text(base: str) -> str:
+    """The /readyz body whatever its status ("" if the proxy does not answer)."""
+    try:
+        with urllib.request.urlopen(f"{base}/readyz", timeout=2) as response:  # noqa: S310
+            return str(response.read().decode())
+    except urllib.error.HTTPError as exc:
+        return str(exc.read().decode())
+    except OSError:
+        return ""
 
 
 def tools_call(request_id: int, name: str = "echo", **arguments: Any) -> dict[str, Any]:
@@ -155,6 +168,7 @@ async def test_sessions_spread_over_two_backends_and_stay_on_their_own(
 ) -> None:
     alpha, beta = start_backend("alpha"), start_backend("beta")
     proxy = start_proxy({"name": "demo", "backend_urls": [alpha.url, beta.url]})
+    await eventually(lambda: "2 of 2" in readyz_text(proxy.base), 10, "both backends")
     placements: Counter[str] = Counter()
     for _ in range(4):
         async with Client(proxy.url, mode="legacy") as client:
@@ -455,7 +469,7 @@ async def test_embedded_default_serves_two_demo_backends_and_drains(tmp_path: Pa
     )  # fmt: skip
     try:
         await eventually(
-            lambda: http_status(f"http://127.0.0.1:{port}/readyz") == 200, 60, "the demo"
+            lambda: "2 of 2" in readyz_text(f"http://127.0.0.1:{port}"), 60, "both backends"
         )
         seen = set()
         for _ in range(2):

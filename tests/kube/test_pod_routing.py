@@ -12,7 +12,7 @@ import pytest
 from mcp import Client
 
 from tests.conftest import StartBackend, StartProxy
-from tests.e2e.test_streamable_proxy import whoami
+from tests.e2e.test_streamable_proxy import readyz_text, whoami
 from tests.kube.helpers import KubeCluster
 from tests.procs import eventually, http_status
 
@@ -82,19 +82,19 @@ async def test_sessions_follow_pods_as_they_come_go_and_turn_unready(
 
         # Pod added: a new session goes to the pod with fewer sessions.
         create_pod(kube_cluster, kube_namespace, "mcp-1", "10.0.0.11")
-        await eventually(lambda: "2 of 2" in _readyz(proxy.base), 10, "pod mcp-1 to be ready")
+        await eventually(lambda: "2 of 2" in readyz_text(proxy.base), 10, "pod mcp-1 to be ready")
         async with Client(proxy.url, mode="legacy") as second:
             assert (await whoami(second))["id"] == "mcp-1"
 
         # The pinned pod turns unready: the same client session continues elsewhere.
         set_ready(kube_cluster, kube_namespace, "mcp-0", False, "10.0.0.10")
-        await eventually(lambda: "1 of 2" in _readyz(proxy.base), 10, "mcp-0 unready")
+        await eventually(lambda: "1 of 2" in readyz_text(proxy.base), 10, "mcp-0 unready")
         assert (await whoami(first))["id"] == "mcp-1"
 
         # Back, then the other pod is deleted: the session moves again.
         set_ready(kube_cluster, kube_namespace, "mcp-0", True, "10.0.0.10")
         kube_cluster.request("DELETE", f"/api/v1/namespaces/{kube_namespace}/pods/mcp-1")
-        await eventually(lambda: "1 of 1" in _readyz(proxy.base), 10, "mcp-1 gone")
+        await eventually(lambda: "1 of 1" in readyz_text(proxy.base), 10, "mcp-1 gone")
         assert (await whoami(first))["id"] == "mcp-0"
     events = [e.get("event") for e in proxy.log_events()]
     assert events.count("session re-initialized") >= 2
@@ -135,51 +135,3 @@ async def test_deleted_statefulset_is_applied_again(
 
     await eventually(reapplied, 15, "the StatefulSet to be applied again")
     assert proxy.alive()
-
-
-def _readyz(base: str) -> str:
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"{base}/readyz", timeout=2) as response:  # noqa: S310
-            return str(response.read().decode())
-    except urllib.error.HTTPError as exc:
-        return str(exc.read().decode())
-    except OSError:
-        return ""
-
-
-def test_runconfig_is_read_from_a_configmap_through_the_api(
-    kube_cluster: KubeCluster, kube_namespace: str, start_backend: StartBackend, tmp_path: Path
-) -> None:
-    import sys
-
-    from tests.procs import Proc, free_port, wait_until
-
-    backend = start_backend("alpha")
-    port = free_port()
-    runconfig = {"name": "demo", "remote_url": backend.url, "host": "127.0.0.1", "port": port}
-    kube_cluster.request(
-        "POST",
-        f"/api/v1/namespaces/{kube_namespace}/configmaps",
-        {"metadata": {"name": "demo-runconfig"}, "data": {"runconfig.json": json.dumps(runconfig)}},
-    )
-    proc = Proc(
-        [sys.executable, "-m", "proxyrunner", "run", "--configmap",
-         f"{kube_namespace}/demo-runconfig", "--log-format", "json"],
-        tmp_path / "configmap-proxy.log",
-        {"KUBECONFIG": str(kube_cluster.proxy_kubeconfig)},
-    )  # fmt: skip
-    try:
-        wait_until(lambda: http_status(f"http://127.0.0.1:{port}/readyz") == 200, 30, "ready")
-    finally:
-        assert proc.stop() == 0
-    missing = Proc(
-        [sys.executable, "-m", "proxyrunner", "run", "--configmap", f"{kube_namespace}/nope"],
-        tmp_path / "missing.log",
-        {"KUBECONFIG": str(kube_cluster.proxy_kubeconfig)},
-    )
-    assert missing.wait(timeout=30) == 2
-    missing.stop()
-    assert "not found" in missing.output()
