@@ -135,3 +135,38 @@ async def test_deleted_statefulset_is_applied_again(
 
     await eventually(reapplied, 15, "the StatefulSet to be applied again")
     assert proxy.alive()
+
+
+def test_runconfig_is_read_from_a_configmap_through_the_api(
+    kube_cluster: KubeCluster, kube_namespace: str, start_backend: StartBackend, tmp_path: Path
+) -> None:
+    import sys
+
+    from tests.procs import Proc, free_port, wait_until
+
+    backend = start_backend("alpha")
+    port = free_port()
+    runconfig = {"name": "demo", "remote_url": backend.url, "host": "127.0.0.1", "port": port}
+    kube_cluster.request(
+        "POST",
+        f"/api/v1/namespaces/{kube_namespace}/configmaps",
+        {"metadata": {"name": "demo-runconfig"}, "data": {"runconfig.json": json.dumps(runconfig)}},
+    )
+    proc = Proc(
+        [sys.executable, "-m", "proxyrunner", "run", "--configmap",
+         f"{kube_namespace}/demo-runconfig", "--log-format", "json"],
+        tmp_path / "configmap-proxy.log",
+        {"KUBECONFIG": str(kube_cluster.proxy_kubeconfig)},
+    )  # fmt: skip
+    try:
+        wait_until(lambda: http_status(f"http://127.0.0.1:{port}/readyz") == 200, 30, "ready")
+    finally:
+        assert proc.stop() == 0
+    missing = Proc(
+        [sys.executable, "-m", "proxyrunner", "run", "--configmap", f"{kube_namespace}/nope"],
+        tmp_path / "missing.log",
+        {"KUBECONFIG": str(kube_cluster.proxy_kubeconfig)},
+    )
+    assert missing.wait(timeout=30) == 2
+    missing.stop()
+    assert "not found" in missing.output()
