@@ -206,11 +206,6 @@ class Metrics:
             "Session invalidation messages received from other replicas.",
             registry=r,
         )
-        self.apply_skipped = Counter(
-            "proxyrunner_statefulset_apply_skipped",
-            "Backend applies skipped because a newer MCPServer generation was already applied.",
-            registry=r,
-        )
         self.apply_total = Counter(
             "proxyrunner_statefulset_apply",
             "Backend StatefulSet applies, by result (applied, skipped, conflict, error).",

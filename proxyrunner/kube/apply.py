@@ -97,7 +97,6 @@ class WorkloadApplier:
                     ours=ours,
                     applied=decision.existing,
                 )
-                self._metrics.apply_skipped.inc()
                 self._metrics.apply_total.labels(result="skipped").inc()
                 return "skipped"
             if existing is not None and decision.reason.startswith("unparsable"):

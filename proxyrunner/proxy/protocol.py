@@ -13,14 +13,8 @@ from typing import Any, Final
 
 from aiohttp import web
 
-# Every revision this proxy serves; 2024-11-05 still negotiates via initialize.
-HANDSHAKE_VERSIONS: Final = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
-STATELESS_VERSIONS: Final = ("2026-07-28",)
-KNOWN_VERSIONS: Final = HANDSHAKE_VERSIONS + STATELESS_VERSIONS
-
 SESSION_HEADER: Final = "Mcp-Session-Id"
 PROTOCOL_VERSION_HEADER: Final = "MCP-Protocol-Version"
-LAST_EVENT_ID_HEADER: Final = "Last-Event-ID"
 
 # JSON-RPC error codes. -32001 for an unknown session is what ToolHive and the SDKs use,
 # and what makes a client re-initialize.
@@ -31,7 +25,6 @@ SESSION_NOT_FOUND: Final = -32001
 BACKEND_UNAVAILABLE: Final = -32002
 BACKEND_TIMEOUT: Final = -32003
 REQUEST_TOO_LARGE: Final = -32004
-SHUTTING_DOWN: Final = -32005
 
 # Method names become metric labels; anything else is "other" so a client cannot blow up
 # the label set.
