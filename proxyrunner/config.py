@@ -146,6 +146,14 @@ class RunConfig:
         return self.session_cache_size or DEFAULT_SESSION_CACHE_SIZE
 
     @property
+    def served_protocol(self) -> ProxyMode:
+        """What clients see, and what the data path speaks to its backends: a stdio
+        server is bridged to ``proxy_mode``; an HTTP server is served as what it is."""
+        if self.transport == "stdio":
+            return self.proxy_mode
+        return self.transport
+
+    @property
     def local_replicas(self) -> int:
         """Child processes the local runtime starts for ``cmd_args``."""
         return 1 if self.backend_replicas is None else self.backend_replicas
@@ -450,6 +458,8 @@ def _check_semantics(c: RunConfig, p: _Problems) -> None:
             )
         elif len(sources) > 1:
             p.add(sources[1], f"cannot be combined with {sources[0]}; choose one backend source")
+        if c.transport == "stdio" and not c.cmd_args:
+            p.add("transport", "stdio needs cmd_args: the command that runs the server")
         if c.cmd_args and c.backend_replicas == 0:
             p.add("backend_replicas", "0 would start no backend process for cmd_args")
         if c.remote_url is not None and c.backend_replicas not in (None, 1):

@@ -11,7 +11,6 @@ to it can be re-initialized there.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import os
 import signal
@@ -24,9 +23,11 @@ import aiohttp
 import structlog
 from yarl import URL
 
+from proxyrunner.backends.channel import MAX_LINE, ProcessChannel, StderrTail
 from proxyrunner.backends.directory import Backend
+from proxyrunner.backends.stdio_bridge import StdioBridge
 from proxyrunner.config import RunConfig
-from proxyrunner.errors import ConfigError, StartupError
+from proxyrunner.errors import StartupError
 from proxyrunner.metrics import Metrics
 from proxyrunner.tasks import BackgroundTasks
 
@@ -37,7 +38,6 @@ _BACKOFF_FIRST: Final = 0.1
 _BACKOFF_MAX: Final = 10.0
 _STABLE_AFTER: Final = 30.0  # a child up this long has its backoff reset
 _STOP_GRACE: Final = 5.0
-_STDERR_LINES: Final = 20
 
 
 def _free_port(host: str) -> int:
@@ -54,13 +54,15 @@ class _Slot:
         self.url = url
         self.answering = False
         self.process: asyncio.subprocess.Process | None = None
-        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_LINES)
+        self.output = StderrTail()
         self.exits = 0
+        self.bridge: StdioBridge | None = None
 
     @property
     def ready(self) -> bool:
         alive = self.process is None or self.process.returncode is None
-        return self.answering and alive
+        attached = self.bridge is None or self.bridge.attached
+        return self.answering and alive and attached
 
     def as_backend(self) -> Backend:
         return Backend(self.name, self.url, self.ready)
@@ -74,15 +76,13 @@ class LocalBackendDirectory:
         log: structlog.stdlib.BoundLogger,
         client: aiohttp.ClientSession,
     ) -> None:
-        if config.transport == "stdio":
-            raise ConfigError("transport: stdio is not supported by the local runtime yet")
         self._config = config
         self._metrics = metrics
         self._log = log
         self._client = client
         self._tasks = BackgroundTasks(log)
         self._children = bool(config.cmd_args)
-        path = "/sse" if config.transport == "sse" else "/mcp"
+        path = "/sse" if config.served_protocol == "sse" else "/mcp"
         if config.remote_url is not None:
             self._slots = [_Slot("remote", URL(config.remote_url))]
         elif config.backend_urls:
@@ -98,6 +98,16 @@ class LocalBackendDirectory:
                 )
                 for i in range(config.local_replicas)
             ]
+        if config.transport == "stdio":
+            # Each child's stdin and stdout are served over HTTP by a bridge of its own;
+            # the slot's URL is the bridge's.
+            for slot in self._slots:
+                slot.bridge = StdioBridge(
+                    slot.name,
+                    log,
+                    max_body=config.max_request_body,
+                    session_idle=config.session_ttl,
+                )
         self._by_name = {slot.name: slot for slot in self._slots}
         self._changed = asyncio.Event()
 
@@ -116,6 +126,8 @@ class LocalBackendDirectory:
 
     async def start(self) -> None:
         for slot in self._slots:
+            if slot.bridge is not None:
+                await slot.bridge.start(self._config.target_host, slot.url.port or 0)
             if self._children:
                 self._tasks.spawn(self._supervise(slot), f"child {slot.name}")
             self._tasks.spawn(self._probe(slot), f"probe {slot.name}")
@@ -126,7 +138,7 @@ class LocalBackendDirectory:
                 raise StartupError(
                     f"backend command {' '.join(self._config.cmd_args)!r} exited before it "
                     f"served (exit code {slot.process.returncode if slot.process else '?'}); "
-                    f"last output: {' | '.join(slot.stderr_tail) or '(none)'}"
+                    f"last output: {' | '.join(slot.output.lines) or '(none)'}"
                 )
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -142,6 +154,9 @@ class LocalBackendDirectory:
     async def close(self) -> None:
         await self._tasks.cancel_all()
         await asyncio.gather(*(self._stop_child(slot) for slot in self._slots))
+        for slot in self._slots:
+            if slot.bridge is not None:
+                await slot.bridge.close()
         self._metrics.backends_ready.set(0)
 
     # ------------------------------------------------------------------ internals
@@ -186,7 +201,7 @@ class LocalBackendDirectory:
                 backend=slot.name,
                 exit_code=code,
                 restart_in=backoff,
-                last_output=list(slot.stderr_tail)[-3:],
+                last_output=list(slot.output.lines)[-3:],
             )
             self._changed.set()
             await asyncio.sleep(backoff)
@@ -195,31 +210,50 @@ class LocalBackendDirectory:
     async def _run_child(self, slot: _Slot) -> None:
         config = self._config
         port = slot.url.port
-        env = {
-            **os.environ,
-            **config.env_vars,
-            "MCP_TRANSPORT": config.transport,
-            "MCP_HOST": config.target_host,
-            "MCP_PORT": str(port),
-            "PORT": str(port),
-            "DEMO_BACKEND_ID": slot.name,
-        }
+        env = {**os.environ, **config.env_vars, "DEMO_BACKEND_ID": slot.name}
+        if slot.bridge is None:
+            env.update(
+                MCP_TRANSPORT=config.transport,
+                MCP_HOST=config.target_host,
+                MCP_PORT=str(port),
+                PORT=str(port),
+            )
+        else:
+            env["MCP_TRANSPORT"] = "stdio"
+        stdio = slot.bridge is not None
         process = await asyncio.create_subprocess_exec(
             *config.cmd_args,
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.PIPE if stdio else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
+            stderr=asyncio.subprocess.PIPE if stdio else asyncio.subprocess.STDOUT,
             env=env,
             start_new_session=True,
+            limit=MAX_LINE,
         )
         slot.process = process
-        self._log.info("backend process started", backend=slot.name, pid=process.pid, port=port)
-        assert process.stdout is not None
-        async for raw in process.stdout:
-            line = raw.decode("utf-8", "replace").rstrip()
-            slot.stderr_tail.append(line)
-            self._log.debug("backend output", backend=slot.name, line=line[:500])
+        log = self._log.bind(backend=slot.name)
+        log.info("backend process started", pid=process.pid, port=port, transport=config.transport)
+        # An HTTP server's stdout and stderr are only output; a stdio server's stdout is
+        # the protocol and its stderr the output.
+        output = process.stderr if stdio else process.stdout
+        assert output is not None
+        readers = [self._read_output(slot, output, log)]
+        if slot.bridge is not None:
+            readers.append(slot.bridge.serve(ProcessChannel(process, log)))
+        await asyncio.gather(*readers)
         await process.wait()
+
+    async def _read_output(
+        self, slot: _Slot, stream: asyncio.StreamReader, log: structlog.stdlib.BoundLogger
+    ) -> None:
+        while True:
+            try:
+                raw = await stream.readline()
+            except ValueError:  # a line over the limit; asyncio dropped it
+                continue
+            if not raw:
+                return
+            slot.output.add(raw, log)
 
     async def _stop_child(self, slot: _Slot) -> None:
         process = slot.process

@@ -105,8 +105,9 @@ def build_app(parts: ProxyParts, state: ServingState) -> web.Application:
     app[PARTS_KEY] = parts
     app[STATE_KEY] = state
     parts.metrics.inflight.set_function(lambda: parts.streams.inflight)
-    if parts.config.transport == "sse":
-        # A legacy SSE backend is served to clients as what it is.
+    if parts.config.served_protocol == "sse":
+        # A legacy SSE backend is served to clients as what it is (and a stdio one as
+        # legacy SSE when proxy_mode asks for it).
         legacy = LegacySSEProxy(parts)
         app.router.add_get("/sse", _tracked(parts, legacy.stream))
         app.router.add_post("/messages", _tracked(parts, legacy.message))

@@ -15,7 +15,7 @@ from mcp import Client
 
 from tests.balancer import balancer
 from tests.conftest import StartBackend, StartProxy
-from tests.e2e.test_streamable_proxy import raw_initialize, tool_text
+from tests.e2e.test_streamable_proxy import MCP_HEADERS, raw_initialize, tool_text
 from tests.procs import Proxy, eventually, http_status
 from tests.redis_server import RedisServer
 
@@ -117,25 +117,40 @@ async def test_a_second_signal_stops_at_once(
     proxy = start_proxy(
         {"name": "demo", "remote_url": backend.url, "drain_delay": "1s", "drain_timeout": "30s"}
     )
-    client = Client(proxy.url, mode="legacy")
-    await client.__aenter__()
-    try:
+    # Raw HTTP, not the SDK client: when the proxy dies under it, the SDK's task group
+    # cancels whatever task entered it, which would be this test.
+    async with aiohttp.ClientSession() as http:
+        session_id = await raw_initialize(http, proxy.url)
+        headers = {**MCP_HEADERS, "Mcp-Session-Id": session_id}
+        sleep_call = {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "tools/call",
+            "params": {"name": "sleep", "arguments": {"seconds": 20}},
+        }
+
+        async def long_call() -> None:
+            async with http.post(proxy.url, json=sleep_call, headers=headers) as response:
+                await response.read()
+
         baseline = await inflight(proxy)
-        call = asyncio.create_task(client.call_tool("sleep", {"seconds": 20}))
-        await until_inflight_grows(proxy, baseline)
-        proxy.signal(signal.SIGTERM)
-        await eventually(lambda: http_status(f"{proxy.base}/readyz") == 503, 2, "readyz 503")
-        started = time.monotonic()
-        proxy.signal(signal.SIGTERM)
-        code = await asyncio.to_thread(proxy.wait, 10)
-        assert code == 1
-        assert time.monotonic() - started < 5
-        call.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await call
-    finally:
-        with contextlib.suppress(Exception):
-            await client.__aexit__(None, None, None)
+        call = asyncio.create_task(long_call())
+        try:
+            await until_inflight_grows(proxy, baseline)
+            proxy.signal(signal.SIGTERM)
+            await eventually(lambda: http_status(f"{proxy.base}/readyz") == 503, 2, "readyz 503")
+            started = time.monotonic()
+            proxy.signal(signal.SIGTERM)
+            code = await asyncio.to_thread(proxy.wait, 10)
+            assert code == 1
+            assert time.monotonic() - started < 5
+            # The forced stop cut the call off rather than letting it finish.
+            with pytest.raises(aiohttp.ClientError):
+                await asyncio.wait_for(call, 5)
+        finally:
+            call.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
+                await call
 
 
 @pytest.mark.timeout(120)

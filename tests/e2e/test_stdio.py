@@ -1,0 +1,180 @@
+"""stdio servers behind the proxy (`transport: stdio`): the official SDK client talks
+streamable HTTP (or legacy SSE) to proxyrunner, which runs the server as a child process
+and bridges its stdin and stdout. Real servers: the SDK-built demo and the reference
+server-everything from npm."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from typing import Any
+
+import aiohttp
+import pytest
+from mcp import Client, types
+from mcp.client.sse import sse_client
+
+from tests.conftest import StartProxy
+from tests.e2e.test_streamable_proxy import (
+    EVERYTHING,
+    MCP_HEADERS,
+    raw_initialize,
+    tool_text,
+    whoami,
+)
+from tests.procs import eventually, http_status
+
+DEMO_STDIO = {
+    "name": "demo",
+    "transport": "stdio",
+    "cmd_args": [sys.executable, "-m", "proxyrunner.demo"],
+}
+
+
+def call(request_id: Any, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "method": "tools/call",
+        "params": {"name": tool, "arguments": arguments},
+    }
+
+
+async def post_json(
+    http: aiohttp.ClientSession, url: str, session_id: str, message: object
+) -> tuple[int, Any]:
+    headers = {**MCP_HEADERS, "Accept": "application/json", "Mcp-Session-Id": session_id}
+    async with http.post(url, json=message, headers=headers) as response:
+        return response.status, await response.json(content_type=None)
+
+
+async def test_sdk_client_lists_and_calls_tools_of_a_stdio_server(start_proxy: StartProxy) -> None:
+    proxy = start_proxy(DEMO_STDIO)
+    async with Client(proxy.url, mode="legacy") as client:
+        names = {tool.name for tool in (await client.list_tools()).tools}
+        assert {"echo", "add", "whoami", "sleep"} <= names
+        assert tool_text(await client.call_tool("echo", {"text": "over stdio"})) == "over stdio"
+        assert tool_text(await client.call_tool("add", {"a": 2, "b": 3})) == "5.0"
+
+
+@pytest.mark.node
+async def test_reference_everything_server_works_over_stdio(start_proxy: StartProxy) -> None:
+    if not EVERYTHING.exists():
+        pytest.fail(f"{EVERYTHING} is missing: run `npm ci` in tests/node (scripts/test does)")
+    proxy = start_proxy(
+        {"name": "everything", "transport": "stdio", "cmd_args": [str(EVERYTHING), "stdio"]}
+    )
+    async with Client(proxy.url, mode="legacy") as client:
+        result = await client.call_tool("echo", {"message": "hello from stdio"})
+        assert "hello from stdio" in tool_text(result)
+
+
+async def test_clients_sharing_one_stdio_server_get_their_own_answers_for_equal_ids(
+    start_proxy: StartProxy,
+) -> None:
+    """Two sessions multiplexed onto one stdio conversation both use JSON-RPC id 1 at the
+    same time: the bridge keeps them apart."""
+    proxy = start_proxy(DEMO_STDIO)
+    async with aiohttp.ClientSession() as http:
+        sessions = [await raw_initialize(http, proxy.url) for _ in range(2)]
+        slow = post_json(http, proxy.url, sessions[0], call(1, "sleep", {"seconds": 0.5}))
+        fast = post_json(http, proxy.url, sessions[1], call(1, "echo", {"text": "second"}))
+        (slow_status, slow_answer), (fast_status, fast_answer) = await asyncio.gather(slow, fast)
+    assert (slow_status, fast_status) == (200, 200)
+    assert slow_answer["id"] == fast_answer["id"] == 1
+    assert slow_answer["result"]["content"][0]["text"] == "slept 0.5s"
+    assert fast_answer["result"]["content"][0]["text"] == "second"
+
+
+async def test_a_crashed_stdio_server_is_restarted_and_the_session_goes_on(
+    start_proxy: StartProxy,
+) -> None:
+    proxy = start_proxy(DEMO_STDIO)
+    async with Client(proxy.url, mode="legacy") as client:
+        first = await whoami(client)
+        os.kill(first["pid"], signal.SIGKILL)
+        await eventually(lambda: http_status(f"{proxy.base}/readyz") == 503, 10, "the crash")
+        await eventually(lambda: http_status(f"{proxy.base}/readyz") == 200, 30, "the restart")
+        # Same client session: the restarted server forgot it, the proxy re-initializes.
+        again = await whoami(client)
+    assert again["pid"] != first["pid"]
+    events = [e["event"] for e in proxy.log_events()]
+    assert "session re-initialized" in events
+
+
+async def test_a_stdio_server_is_served_as_legacy_sse_when_proxy_mode_asks(
+    start_proxy: StartProxy,
+) -> None:
+    proxy = start_proxy({**DEMO_STDIO, "proxy_mode": "sse"})
+    async with Client(sse_client(f"{proxy.base}/sse"), mode="legacy") as client:
+        assert tool_text(await client.call_tool("echo", {"text": "legacy"})) == "legacy"
+
+
+async def test_malformed_and_unknown_session_requests_get_json_rpc_errors(
+    start_proxy: StartProxy,
+) -> None:
+    proxy = start_proxy(DEMO_STDIO)
+    async with aiohttp.ClientSession() as http:
+        status, answer = await post_json(
+            http, proxy.url, "no-such-session", call(7, "echo", {"text": "x"})
+        )
+        assert status == 404
+        assert answer["error"]["code"] == -32001
+        session_id = await raw_initialize(http, proxy.url)
+        headers = {**MCP_HEADERS, "Mcp-Session-Id": session_id}
+        async with http.post(proxy.url, data=b"{not json", headers=headers) as response:
+            assert response.status == 400
+            body = json.loads(await response.read())
+        assert body["error"]["code"] == -32700
+
+
+@pytest.mark.node
+async def test_progress_and_server_requests_reach_the_client_that_caused_them(
+    start_proxy: StartProxy,
+) -> None:
+    """server-everything reports progress on a long operation and asks the client for an
+    LLM sample mid-call: over the shared stdio conversation both must reach the session
+    whose call caused them, with its own progress token."""
+    if not EVERYTHING.exists():
+        pytest.fail(f"{EVERYTHING} is missing: run `npm ci` in tests/node (scripts/test does)")
+    proxy = start_proxy(
+        {"name": "everything", "transport": "stdio", "cmd_args": [str(EVERYTHING), "stdio"]}
+    )
+    asked: list[str] = []
+
+    async def sample(
+        context: Any, params: types.CreateMessageRequestParams
+    ) -> types.CreateMessageResult:
+        asked.append(params.messages[0].content.text)  # type: ignore[union-attr]
+        return types.CreateMessageResult(
+            role="assistant",
+            content=types.TextContent(type="text", text="canned sample"),
+            model="test-model",
+        )
+
+    progress: list[tuple[float, float | None]] = []
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        progress.append((done, total))
+
+    async with (
+        Client(proxy.url, mode="legacy", sampling_callback=sample) as client,
+        Client(proxy.url, mode="legacy") as bystander,
+    ):
+        result = await client.call_tool(
+            "trigger-long-running-operation",
+            {"duration": 0.3, "steps": 3},
+            progress_callback=on_progress,
+        )
+        assert "completed" in tool_text(result)
+        assert [done for done, _ in progress] == [1, 2, 3]
+        sampled = await client.call_tool("trigger-sampling-request", {"prompt": "hi"})
+        assert "canned sample" in tool_text(sampled)
+        assert asked and "hi" in asked[0]
+        # The other session shares the server and is unaffected.
+        assert "still here" in tool_text(
+            await bystander.call_tool("echo", {"message": "still here"})
+        )
