@@ -192,6 +192,11 @@ class StdioBridge:
     def attached(self) -> bool:
         return self._outgoing is not None
 
+    @property
+    def inflight(self) -> int:
+        """Client requests sent to the server and not answered yet."""
+        return len(self._pending)
+
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self._max_body)
         app.router.add_get("/", self._probe)

@@ -9,32 +9,48 @@ kube-apiserver refuses loopback addresses in EndpointSlices, which the tests nee
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import copy
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+import aiohttp
 import structlog
 from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 from yarl import URL
 
+from proxyrunner.backends.channel import MessageChannel
 from proxyrunner.backends.directory import Backend
+from proxyrunner.backends.stdio_bridge import StdioBridge
 from proxyrunner.config import RunConfig
 from proxyrunner.errors import ConfigError
 from proxyrunner.kube import workload
 from proxyrunner.kube.apply import WorkloadApplier
+from proxyrunner.kube.attach import open_attach
 from proxyrunner.kube.configmap import default_namespace
 from proxyrunner.metrics import Metrics
 from proxyrunner.tasks import BackgroundTasks
 
 Resolver = Callable[[str, str, int], URL]
 """(pod name, pod IP, port) -> the pod's MCP endpoint URL."""
+Attacher = Callable[[str], Awaitable[MessageChannel]]
+"""pod name -> an attach stream to the stdio server in it."""
 
 _WATCH_SECONDS: Final = 300
 _BACKOFF_FIRST: Final = 0.2
 _BACKOFF_MAX: Final = 10.0
+_ATTACH_STABLE: Final = 30.0  # an attach stream up this long resets the backoff
+
+
+def _reason(exc: BaseException) -> str:
+    """Why an API call failed, in a few words (never a response body)."""
+    if isinstance(exc, ApiException):
+        return f"{exc.status} {exc.reason}"
+    return f"{exc.__class__.__name__}: {str(exc)[:200]}"
 
 
 POD_ADDRESS_MAP_ENV: Final = "PROXYRUNNER_POD_ADDRESS_MAP"
@@ -53,6 +69,28 @@ def pod_url_resolver(transport: str, address_map: Mapping[str, str] | None = Non
         return URL.build(scheme="http", host=ip, port=port, path=path)
 
     return resolve
+
+
+def pod_attacher(
+    api: client.ApiClient,
+    namespace: str,
+    log: structlog.stdlib.BoundLogger,
+    address_map: Mapping[str, str] | None = None,
+) -> Attacher:
+    """Attach through the API server by default. For a pod named in ``address_map``, the
+    mapped URL stands in for the API server (same identity): the hook the tests use,
+    since the test API server has no kubelet to attach to."""
+    overrides = dict(address_map or {})
+
+    async def attach(pod: str) -> MessageChannel:
+        if pod not in overrides:
+            return await open_attach(api, namespace, pod, log)
+        configuration = copy.copy(api.configuration)
+        configuration.host = overrides[pod]
+        async with client.ApiClient(configuration) as mapped:
+            return await open_attach(mapped, namespace, pod, log)
+
+    return attach
 
 
 def address_map_from_env(environ: Mapping[str, str]) -> dict[str, str]:
@@ -88,15 +126,19 @@ class KubernetesBackendDirectory:
         metrics: Metrics,
         log: structlog.stdlib.BoundLogger,
         resolve: Resolver | None = None,
+        attach: Attacher | None = None,
     ) -> None:
         self._config = config
         self._api = api
         self._metrics = metrics
         self._ns = config.namespace or default_namespace()
         self._log = log.bind(namespace=self._ns, statefulset=config.name)
-        self._resolve = resolve or pod_url_resolver(
-            config.transport, address_map_from_env(os.environ)
-        )
+        address_map = address_map_from_env(os.environ)
+        self._resolve = resolve or pod_url_resolver(config.transport, address_map)
+        self._stdio = config.transport == "stdio"
+        self._attach = attach or pod_attacher(api, self._ns, self._log, address_map)
+        self._bridges: dict[str, StdioBridge] = {}
+        self._bridge_tasks: dict[str, asyncio.Task[None]] = {}
         self._port = workload.target_port(config)
         self._backends: dict[str, Backend] = {}
         self._tasks = BackgroundTasks(self._log)
@@ -105,6 +147,9 @@ class KubernetesBackendDirectory:
             self._log.warning("stdio transport: backend_replicas capped at 1")
 
     async def start(self) -> None:
+        if self._stdio:
+            # A stdio pod is ready only while attached, which no pod event announces.
+            self._metrics.backends_ready.set_function(lambda: len(self.ready_backends()))
         await self.applier.apply_all()
         await self.applier.wait_ready(self._config.statefulset_ready_timeout)
         await self._list_pods()
@@ -113,16 +158,89 @@ class KubernetesBackendDirectory:
 
     async def close(self) -> None:
         await self._tasks.cancel_all()
+        for name in list(self._bridge_tasks):
+            await self._detach(name)
 
     def ready_backends(self) -> Sequence[Backend]:
-        return [b for b in self._backends.values() if b.ready]
+        return [b for b in map(self._effective, self._backends.values()) if b.ready]
 
     def get(self, name: str) -> Backend | None:
-        return self._backends.get(name)
+        backend = self._backends.get(name)
+        return self._effective(backend) if backend is not None else None
 
     def describe(self) -> str:
-        ready = sum(b.ready for b in self._backends.values())
+        ready = len(self.ready_backends())
         return f"{ready} of {len(self._backends)} backend pods ready"
+
+    # ------------------------------------------------------------------ stdio pods
+
+    def _effective(self, backend: Backend) -> Backend:
+        """For a stdio pod, the backend is this process's bridge to it, ready while the
+        pod is ready and the attach stream is up."""
+        if not self._stdio:
+            return backend
+        bridge = self._bridges.get(backend.name)
+        if bridge is None or not bridge.port:
+            return Backend(backend.name, backend.url, False)
+        path = "/sse" if self._config.served_protocol == "sse" else "/mcp"
+        url = URL.build(scheme="http", host="127.0.0.1", port=bridge.port, path=path)
+        return Backend(backend.name, url, backend.ready and bridge.attached)
+
+    def _track_attachment(self, name: str, present: bool) -> None:
+        if present and name not in self._bridge_tasks:
+            bridge = StdioBridge(
+                name,
+                self._log,
+                max_body=self._config.max_request_body,
+                session_idle=self._config.session_ttl,
+            )
+            self._bridges[name] = bridge
+            self._bridge_tasks[name] = asyncio.get_running_loop().create_task(
+                self._keep_attached(name, bridge), name=f"attach {name}"
+            )
+        elif not present and name in self._bridge_tasks:
+            task = self._bridge_tasks.pop(name)
+            task.cancel()
+            self._bridges.pop(name, None)
+
+    async def _detach(self, name: str) -> None:
+        task = self._bridge_tasks.pop(name, None)
+        self._bridges.pop(name, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _keep_attached(self, name: str, bridge: StdioBridge) -> None:
+        """Keep one attach stream to the pod's stdio server open while the pod exists."""
+        log = self._log.bind(backend=name)
+        loop = asyncio.get_running_loop()
+        try:
+            await bridge.start("127.0.0.1", 0)
+            backoff = _BACKOFF_FIRST
+            while True:
+                try:
+                    channel = await self._attach(name)
+                except (ApiException, aiohttp.ClientError, OSError, TimeoutError) as exc:
+                    log.warning(
+                        "cannot attach to the backend pod; retrying",
+                        error=_reason(exc),
+                        retry_in=backoff,
+                    )
+                else:
+                    log.info("attached to the backend pod")
+                    started = loop.time()
+                    await bridge.serve(channel)
+                    log.warning(
+                        "attach stream to the backend pod ended",
+                        reason=getattr(channel, "ended_because", None),
+                    )
+                    if loop.time() - started > _ATTACH_STABLE:
+                        backoff = _BACKOFF_FIRST
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX)
+        finally:
+            await bridge.close()
 
     # ------------------------------------------------------------------ internals
 
@@ -135,6 +253,8 @@ class KubernetesBackendDirectory:
             ip = pod.status.pod_ip if pod.status else None
             url = self._resolve(name, ip, self._port) if ip else URL("http://unassigned.invalid/")
             self._backends[name] = Backend(name, url, _pod_ready(pod))
+        if self._stdio:
+            self._track_attachment(name, present=not deleted)
         after = self._backends.get(name)
         if (before is None or not before.ready) != (after is None or not after.ready):
             self._log.info(
@@ -152,6 +272,8 @@ class KubernetesBackendDirectory:
         self._backends.clear()
         for pod in pods.items:
             self._update(pod)
+        for gone in [name for name in self._bridge_tasks if name not in self._backends]:
+            self._track_attachment(gone, present=False)
         return str(pods.metadata.resource_version)
 
     async def _watch_pods(self) -> None:
