@@ -346,3 +346,19 @@ def test_version_flag_prints_the_version() -> None:
     result = _cli("--version")
     assert result.returncode == 0
     assert result.stdout.startswith("proxyrunner ")
+
+
+def test_a_local_stdio_server_needs_a_command_to_run() -> None:
+    problems = problems_of({**MINIMAL, "transport": "stdio"})
+    assert any("transport" in p and "cmd_args" in p for p in problems), problems
+
+
+def test_a_stdio_server_is_served_as_its_proxy_mode_and_http_servers_as_themselves() -> None:
+    stdio, _ = parse_config({"name": "x", "transport": "stdio", "cmd_args": ["srv"]})
+    legacy, _ = parse_config(
+        {"name": "x", "transport": "stdio", "proxy_mode": "sse", "cmd_args": ["srv"]}
+    )
+    sse, _ = parse_config({**MINIMAL, "transport": "sse"})
+    assert stdio.served_protocol == "streamable-http"
+    assert legacy.served_protocol == "sse"
+    assert sse.served_protocol == "sse"

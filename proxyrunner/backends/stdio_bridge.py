@@ -51,6 +51,7 @@ INVALID_REQUEST: Final = -32600
 INTERNAL_ERROR: Final = -32603
 SESSION_NOT_FOUND: Final = -32001
 SERVER_GONE: Final = -32002
+REQUEST_CANCELLED: Final = -32800  # as LSP: the client gave up on the request
 
 _OUTBOX_LIMIT: Final = 1000
 _SERVER_REQUESTS_LIMIT: Final = 1000
@@ -306,19 +307,21 @@ class StdioBridge:
             pending.finish(_error(None, SERVER_GONE, "the stdio server is not running"), True)
         return pending
 
-    def _close_pending(self, pending: _Pending) -> None:
-        """Forget a request; if it is still open, tell the server to stop working on it."""
+    def _close_pending(self, pending: _Pending, reason: str = "the client went away") -> None:
+        """Forget a request. If it is still open, answer its client with an error and tell
+        the server to stop working on it (a cancelled request gets no answer from the
+        server, so nothing else would ever end the client's wait)."""
         self._pending.pop(pending.bridge_id, None)
         pending.session.pending.pop(pending.bridge_id, None)
         if pending.progress_token is not None:
             self._tokens.pop(pending.progress_token, None)
         if not pending.done.done():
-            pending.done.cancel()
+            pending.finish(_error(None, REQUEST_CANCELLED, reason))
             self._to_server(
                 {
                     "jsonrpc": "2.0",
                     "method": "notifications/cancelled",
-                    "params": {"requestId": pending.bridge_id, "reason": "the client went away"},
+                    "params": {"requestId": pending.bridge_id, "reason": reason},
                 }
             )
 
@@ -331,10 +334,9 @@ class StdioBridge:
             params = message.get("params")
             wanted = params.get("requestId") if isinstance(params, dict) else None
             match = next((p for p in session.pending.values() if p.original_id == wanted), None)
-            if match is None:
-                return
-            assert isinstance(params, dict)
-            message = dict(message, params=dict(params, requestId=match.bridge_id))
+            if match is not None:
+                self._close_pending(match, "cancelled by the client")
+            return
         elif method is None:
             self._server_requests.pop(message.get("id"), None)
         self._to_server(message)
@@ -352,10 +354,9 @@ class StdioBridge:
                         answer = await asyncio.shield(pending.done)
                 except TimeoutError:
                     answer = _error(message.get("id"), INTERNAL_ERROR, "initialize timed out")
-                    pending.failed = True
                 finally:
-                    self._close_pending(pending)
-                if pending.failed or "result" not in answer:
+                    self._close_pending(pending, "initialize timed out")
+                if "result" not in answer:
                     return answer
                 self._init_result = answer["result"]
                 self._init_epoch = epoch
