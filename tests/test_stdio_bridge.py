@@ -16,6 +16,7 @@ import structlog
 
 from proxyrunner.backends.channel import ProcessChannel
 from proxyrunner.backends.stdio_bridge import StdioBridge
+from tests.e2e.test_stdio import call as tool_call
 from tests.e2e.test_streamable_proxy import INIT, MCP_HEADERS, raw_initialize
 from tests.procs import eventually
 
@@ -46,15 +47,6 @@ async def bridged(command: Sequence[str] = DEMO) -> AsyncIterator[tuple[StdioBri
         await process.wait()
         await serving
         await bridge.close()
-
-
-def tool_call(request_id: Any, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "jsonrpc": "2.0",
-        "id": request_id,
-        "method": "tools/call",
-        "params": {"name": name, "arguments": arguments},
-    }
 
 
 def headers(session: str | None) -> dict[str, str]:

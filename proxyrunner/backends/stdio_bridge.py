@@ -41,16 +41,19 @@ import structlog
 from aiohttp import web
 
 from proxyrunner.backends.channel import MessageChannel
+from proxyrunner.proxy.protocol import (
+    BACKEND_UNAVAILABLE,
+    INTERNAL_ERROR,
+    INVALID_REQUEST,
+    PARSE_ERROR,
+    SESSION_HEADER,
+    SESSION_NOT_FOUND,
+)
 
 JsonMessage = dict[str, Any]
 Mode = Literal["json", "stream", "legacy"]
 
-SESSION_HEADER: Final = "Mcp-Session-Id"
-PARSE_ERROR: Final = -32700
-INVALID_REQUEST: Final = -32600
-INTERNAL_ERROR: Final = -32603
-SESSION_NOT_FOUND: Final = -32001
-SERVER_GONE: Final = -32002
+SERVER_GONE: Final = BACKEND_UNAVAILABLE
 REQUEST_CANCELLED: Final = -32800  # as LSP: the client gave up on the request
 
 _OUTBOX_LIMIT: Final = 1000
