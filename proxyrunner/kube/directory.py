@@ -230,11 +230,12 @@ class KubernetesBackendDirectory:
                 else:
                     log.info("attached to the backend pod")
                     started = loop.time()
-                    await bridge.serve(channel)
-                    log.warning(
-                        "attach stream to the backend pod ended",
-                        reason=getattr(channel, "ended_because", None),
-                    )
+                    try:
+                        await bridge.serve(channel)
+                        reason = getattr(channel, "ended_because", None)
+                    except (aiohttp.ClientError, OSError, ValueError) as exc:
+                        reason = _reason(exc)
+                    log.warning("attach stream to the backend pod ended", reason=reason)
                     if loop.time() - started > _ATTACH_STABLE:
                         backoff = _BACKOFF_FIRST
                 await asyncio.sleep(backoff)
