@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
@@ -299,3 +300,25 @@ async def test_connection_close_from_the_backend_is_honoured(pool: UpstreamPool)
             response = await pool.send(("127.0.0.1", port), head(port), BODY)
             assert await response.read() == RESULT
     assert len(set(map(id, transports))) == 2
+
+
+async def test_an_answer_dropped_without_release_closes_its_connection(
+    pool: UpstreamPool,
+) -> None:
+    closed_by_pool = asyncio.Event()
+
+    async def answer_then_wait_for_eof(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await read_request(reader)
+        writer.write(ok_response())
+        await writer.drain()
+        assert await reader.read() == b""
+        closed_by_pool.set()
+
+    async with RawBackend(answer_then_wait_for_eof) as backend:
+        response = await pool.send(("127.0.0.1", backend.port), head(backend.port), BODY)
+        assert response.status == 200
+        del response  # as when an exception ends the handler between send and relay
+        gc.collect()
+        await closed_by_pool.wait()

@@ -146,7 +146,13 @@ class UpstreamResponse:
 
     async def read(self) -> bytes:
         """The whole body. The caller has checked its size (Content-Length) first."""
-        body = await self.content.read()
+        content = self.content
+        if content.is_eof():
+            # The usual small answer came in the same segment as its headers: take the
+            # buffer as it is, without read()'s loop of awaits.
+            body = content.read_nowait()
+        else:
+            body = await content.read()
         self.release()
         return body
 
@@ -154,6 +160,13 @@ class UpstreamResponse:
         conn, self._conn = self._conn, None
         if conn is not None:
             self._pool._release(conn)
+
+    def __del__(self) -> None:
+        # Never released (an exception between send and relay): its state is unknown,
+        # so close it rather than leave the socket to the garbage collector.
+        conn = self._conn
+        if conn is not None:
+            conn.close()
 
 
 class UpstreamPool:
@@ -207,13 +220,13 @@ class UpstreamPool:
     async def _connect(self, key: HostKey) -> _Connection:
         loop = asyncio.get_running_loop()
         host, port = key
-        # The same bound as the ClientSession path's sock_connect; a timeout here is an
-        # unreachable backend (502), not a slow one (504).
+        # The same bound, and the same error, as the ClientSession path's sock_connect
+        # (a TimeoutError: the proxy answers 504 for both).
         try:
             async with asyncio.timeout(self._connect_timeout):
                 _, handler = await loop.create_connection(lambda: _Handler(loop), host, port)
         except TimeoutError as exc:
-            raise aiohttp.ServerTimeoutError(f"connecting to {host}:{port} timed out") from exc
+            raise aiohttp.ConnectionTimeoutError(f"connecting to {host}:{port} timed out") from exc
         return _Connection(key, handler)
 
     async def _exchange(self, conn: _Connection, head: bytes, body: bytes) -> UpstreamResponse:
