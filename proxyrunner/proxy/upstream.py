@@ -25,6 +25,10 @@ Connection rules:
   request is sent once more on a new connection: a backend that closes an idle
   connection has not read the request on it. A failure on a new connection, or after
   response bytes, is never retried (a POST is not idempotent).
+* Response size: the pool never reads a body on its own. ``StreamReader``'s flow control
+  stops reading from the backend while 128 KiB (two ``_READ_BUFSIZE``) lie unread, and
+  the data path reads a body whole only when its Content-Length is under its buffering
+  limit; anything else is relayed as it arrives.
 """
 
 from __future__ import annotations
