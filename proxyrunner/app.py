@@ -35,6 +35,7 @@ from proxyrunner.metrics import Metrics
 from proxyrunner.proxy.server import ServingState, build_app
 from proxyrunner.proxy.streamable import ProxyParts
 from proxyrunner.proxy.streams import StreamRegistry
+from proxyrunner.proxy.upstream import UpstreamPool
 from proxyrunner.sessions.factory import build_store
 from proxyrunner.sessions.store import SessionStore
 
@@ -97,6 +98,8 @@ class ProxyProcess:
         config = self.config
         self.signals.install()
         client = _backend_client(config)
+        # The hot path's pooled client: same keep-alive and connect bounds as the session.
+        upstream = UpstreamPool(keepalive_timeout=30.0, connect_timeout=5.0)
         store: SessionStore | None = None
         directory: BackendDirectory | None = None
         runner: web.AppRunner | None = None
@@ -104,7 +107,7 @@ class ProxyProcess:
             store = build_store(config, self._secrets, self.metrics, self.log)
             directory = _build_directory(config, self.metrics, self.log, client, self._kube_api)
             parts = ProxyParts(
-                config, store, directory, self.metrics, client, self.streams, self.log
+                config, store, directory, self.metrics, client, self.streams, self.log, upstream
             )
             app = build_app(parts, self.state)
             app.on_shutdown.append(self._finish_work)
@@ -126,7 +129,7 @@ class ProxyProcess:
                 runner = None  # cleaned up by the drain
             return self._exit_code()
         finally:
-            await self._release(runner, directory, store, client)
+            await self._release(runner, directory, store, client, upstream)
             self.signals.uninstall()
 
     def _exit_code(self) -> int:
@@ -222,6 +225,7 @@ class ProxyProcess:
         directory: BackendDirectory | None,
         store: SessionStore | None,
         client: aiohttp.ClientSession,
+        upstream: UpstreamPool,
     ) -> None:
         if runner is not None:
             await runner.cleanup()
@@ -229,6 +233,7 @@ class ProxyProcess:
             ("backends", directory.close if directory else None),
             ("session store", store.close if store else None),
             ("http client", client.close),
+            ("pooled http client", upstream.close),
         ):
             if closer is None:
                 continue

@@ -25,10 +25,15 @@ from proxyrunner.errors import BackendUnavailable, StoreUnavailable
 from proxyrunner.metrics import Metrics
 from proxyrunner.proxy import protocol
 from proxyrunner.proxy.deadlines import DeadlineWatch
-from proxyrunner.proxy.headers import backend_request_headers, client_response_headers
+from proxyrunner.proxy.headers import (
+    backend_request_head,
+    backend_request_headers,
+    client_response_headers,
+)
 from proxyrunner.proxy.protocol import SESSION_HEADER
 from proxyrunner.proxy.routing import Router
 from proxyrunner.proxy.streams import StreamRegistry, relay_event_stream
+from proxyrunner.proxy.upstream import BackendResponse, HostKey, UpstreamPool
 from proxyrunner.sessions.record import SessionRecord, new_session_id
 from proxyrunner.sessions.store import SessionStore
 
@@ -38,6 +43,9 @@ _BUFFERED_BODY_LIMIT: Final = 1024 * 1024
 # JSON answers up to this size are relayed in one write; larger ones stream.
 _BUFFERED_RESPONSE_LIMIT: Final = 1024 * 1024
 _INITIALIZED_NOTIFICATION: Final = b'{"jsonrpc":"2.0","method":"notifications/initialized"}'
+# Backend URLs whose pooled-client target was worked out; reset past this many (pods come
+# and go, each with its own URL).
+_TARGET_CACHE_LIMIT: Final = 4096
 
 
 class _BackendFailure(Exception):
@@ -67,6 +75,29 @@ class ProxyParts:
     client: aiohttp.ClientSession
     streams: StreamRegistry
     log: structlog.stdlib.BoundLogger
+    upstream: UpstreamPool
+    """The lean pooled client for POSTs with a body in memory; ``client`` does the rest."""
+
+
+@dataclass(frozen=True, slots=True)
+class _PooledTarget:
+    """A plain-http backend endpoint as the pooled client addresses it."""
+
+    key: HostKey
+    start: bytes
+    """``POST <path> HTTP/1.1`` and the Host header, serialized."""
+
+
+def _pooled_target(url: URL) -> _PooledTarget | None:
+    host = url.raw_host
+    port = url.port
+    authority = url.host_port_subcomponent  # the Host header ClientSession would send
+    if url.scheme != "http" or host is None or port is None or authority is None:
+        return None
+    if url.raw_query_string or url.raw_fragment:
+        return None
+    start = f"POST {url.raw_path} HTTP/1.1\r\nHost: {authority}\r\n".encode("ascii")
+    return _PooledTarget((host, port), start)
 
 
 class StreamableHTTPProxy:
@@ -76,6 +107,7 @@ class StreamableHTTPProxy:
         self._limit = parts.config.max_request_body
         self._headers_timeout = parts.config.backend_timeout
         self._deadlines = DeadlineWatch()
+        self._targets: dict[URL, _PooledTarget | None] = {}
 
     # ------------------------------------------------------------------ entry points
 
@@ -362,19 +394,41 @@ class StreamableHTTPProxy:
 
         return aiohttp.payload.AsyncIterablePayload(chunks())  # type: ignore[arg-type]
 
+    def _target(self, url: URL) -> _PooledTarget | None:
+        targets = self._targets
+        try:
+            return targets[url]
+        except KeyError:
+            if len(targets) >= _TARGET_CACHE_LIMIT:
+                targets.clear()
+            target = targets[url] = _pooled_target(url)
+            return target
+
     async def _send(
         self,
         request: web.Request,
         backend: Backend,
         body: bytes | aiohttp.StreamReader | None,
         backend_sid: str | None,
-    ) -> aiohttp.ClientResponse:
-        """Send the request to the backend; returns once its response headers arrived."""
+    ) -> BackendResponse:
+        """Send the request to the backend; returns once its response headers arrived.
+
+        A POST with its body in memory and no query string goes through the pooled
+        client; everything else through the ClientSession.
+        """
         url: URL = backend.url
-        if request.query_string:
-            url = url.with_query(request.query_string)
-        data: object = self._body_stream(body) if isinstance(body, aiohttp.StreamReader) else body
         try:
+            if type(body) is bytes and request.method == "POST" and "?" not in request.raw_path:
+                target = self._target(url)
+                if target is not None:
+                    head = backend_request_head(request, backend_sid, target.start, len(body))
+                    async with self._deadlines.limit(self._headers_timeout):
+                        return await self._p.upstream.send(target.key, head, body)
+            if request.query_string:
+                url = url.with_query(request.query_string)
+            data: object = (
+                self._body_stream(body) if isinstance(body, aiohttp.StreamReader) else body
+            )
             async with self._deadlines.limit(self._headers_timeout):
                 return await self._p.client.request(
                     request.method,
@@ -403,7 +457,7 @@ class StreamableHTTPProxy:
             ) from exc
 
     async def _relay(
-        self, request: web.Request, upstream: aiohttp.ClientResponse, client_sid: str | None
+        self, request: web.Request, upstream: BackendResponse, client_sid: str | None
     ) -> web.StreamResponse:
         """Send the backend's answer to the client: JSON whole, anything else streamed."""
         headers = client_response_headers(upstream.headers, client_sid)

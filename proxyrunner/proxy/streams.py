@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 from typing import Final
 
-import aiohttp
 from aiohttp import web
+
+from proxyrunner.proxy.upstream import BackendResponse
 
 # How long a draining stream waits for a half-relayed event to complete.
 _EVENT_COMPLETION_GRACE: Final = 2.0
@@ -49,7 +50,7 @@ def _ends_event(chunk: bytes) -> bool:
 
 
 async def relay_event_stream(
-    upstream: aiohttp.ClientResponse,
+    upstream: BackendResponse,
     downstream: web.StreamResponse,
     registry: StreamRegistry,
     closable: bool,
