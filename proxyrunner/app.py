@@ -60,7 +60,9 @@ def _backend_client(config: RunConfig) -> aiohttp.ClientSession:
         cookie_jar=aiohttp.DummyCookieJar(),
         auto_decompress=False,  # relay bytes as the backend encoded them
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
-        skip_auto_headers=("User-Agent",),
+        # Relayed bodies are never decompressed, so the backend may compress only when
+        # the client asked for it: no Accept-Encoding of our own.
+        skip_auto_headers=("User-Agent", "Accept-Encoding"),
     )
 
 

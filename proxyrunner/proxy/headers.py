@@ -40,11 +40,13 @@ _REQUEST_DROP: Final = (
 _RESPONSE_DROP: Final = (*_HOP_BY_HOP, "Content-Length", SESSION_HEADER, "Server", "Date")
 # The same names as raw lowercase bytes, for backend_request_head.
 _REQUEST_DROP_RAW: Final = frozenset(name.lower().encode() for name in _REQUEST_DROP)
-# What ClientSession adds when the request lacks them (Accept, Accept-Encoding), so that a
-# backend sees the same request whichever client path sent it.
+# What ClientSession adds when the request lacks them (Accept), so that a backend sees the
+# same request whichever client path sent it. Never Accept-Encoding: the proxy relays
+# bodies as encoded, so a client that did not ask for gzip must not get it.
 _AUTO_HEADERS: Final = tuple(
     (str(name), str(name).lower().encode(), f"{name}: {value}\r\n".encode())
     for name, value in aiohttp.ClientRequest.DEFAULT_HEADERS.items()
+    if str(name).lower() != "accept-encoding"
 )
 _DEFAULT_CONTENT_TYPE: Final = b"Content-Type: application/octet-stream\r\n"
 

@@ -369,6 +369,8 @@ class StreamableHTTPProxy:
             raise _BodyTooLarge
         if not buffer_all and (length is None or length > _BUFFERED_BODY_LIMIT):
             return request.content
+        if length == 0:
+            return b""
         if length is not None:
             # Known size (the usual case): one read of exactly that many bytes, which is
             # cheaper than request.read()'s chunk loop. The size was checked above.

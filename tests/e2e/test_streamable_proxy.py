@@ -277,12 +277,12 @@ async def test_non_json_body_without_session_gets_400_parse_error(
 ) -> None:
     backend = start_backend("alpha")
     proxy = start_proxy({"name": "demo", "remote_url": backend.url})
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(proxy.url, data=b'{"initialize": nope', headers=MCP_HEADERS) as response,
-    ):
-        assert response.status == 400
-        assert (await response.json())["error"]["code"] == -32700
+    async with aiohttp.ClientSession() as http:
+        # Garbage, and an empty body (Content-Length: 0): both are a JSON parse error.
+        for body in (b'{"initialize": nope', b""):
+            async with http.post(proxy.url, data=body, headers=MCP_HEADERS) as response:
+                assert response.status == 400, body
+                assert (await response.json())["error"]["code"] == -32700
 
 
 async def test_backend_down_gives_502_with_jsonrpc_error_and_proxy_survives(
