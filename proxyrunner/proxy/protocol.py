@@ -25,6 +25,7 @@ SESSION_NOT_FOUND: Final = -32001
 BACKEND_UNAVAILABLE: Final = -32002
 BACKEND_TIMEOUT: Final = -32003
 REQUEST_TOO_LARGE: Final = -32004
+HEADER_MISMATCH: Final = -32020  # 2026-07-28: standard headers disagree with the body
 
 # Method names become metric labels; anything else is "other" so a client cannot blow up
 # the label set.
@@ -105,12 +106,16 @@ def jsonrpc_error_body(code: int, message: str, request_id: Any = None) -> bytes
 
 
 def error_response(
-    status: int, code: int, message: str, headers: dict[str, str] | None = None
+    status: int,
+    code: int,
+    message: str,
+    headers: dict[str, str] | None = None,
+    request_id: Any = None,
 ) -> web.Response:
     """An HTTP error that MCP clients understand: the status and a JSON-RPC error body."""
     return web.Response(
         status=status,
-        body=jsonrpc_error_body(code, message),
+        body=jsonrpc_error_body(code, message, request_id),
         content_type="application/json",
         headers=headers,
     )

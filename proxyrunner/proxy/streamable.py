@@ -10,6 +10,7 @@ request whose routing depends on its content.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass, replace
 from typing import Final
@@ -23,7 +24,7 @@ from proxyrunner.backends.directory import Backend, BackendDirectory
 from proxyrunner.config import RunConfig
 from proxyrunner.errors import BackendUnavailable, StoreUnavailable
 from proxyrunner.metrics import Metrics
-from proxyrunner.proxy import protocol
+from proxyrunner.proxy import protocol, standard_headers
 from proxyrunner.proxy.deadlines import DeadlineWatch
 from proxyrunner.proxy.headers import (
     backend_request_head,
@@ -146,6 +147,12 @@ class StreamableHTTPProxy:
                 "unknown",
             )
         rpc_method = protocol.peek_method(body) if isinstance(body, bytes) else "streamed"
+        if isinstance(body, bytes) and standard_headers.declared(
+            request.headers.get(protocol.PROTOCOL_VERSION_HEADER), body
+        ):
+            refused = self._refuse_mismatched_headers(request, body, client_sid, rpc_method)
+            if refused is not None:
+                return refused, rpc_method
         if client_sid is None:
             assert isinstance(body, bytes)
             try:
@@ -502,6 +509,32 @@ class StreamableHTTPProxy:
             upstream.release()
 
     # ------------------------------------------------------------------ error answers
+
+    def _refuse_mismatched_headers(
+        self, request: web.Request, body: bytes, client_sid: str | None, rpc_method: str
+    ) -> web.Response | None:
+        """400/-32020 when a 2026-07-28 request's standard headers disagree with its body
+        (see standard_headers for why the proxy, not only the backend, must check)."""
+        try:
+            message = json.loads(body)
+        except ValueError:
+            return protocol.error_response(
+                400, protocol.PARSE_ERROR, "Parse error: the body is not JSON"
+            )
+        try:
+            standard_headers.check(request.headers, message)
+        except standard_headers.HeaderMismatch as exc:
+            self._p.log.info(
+                "request refused: header mismatch",
+                session=client_sid,
+                method=rpc_method,
+                reason=str(exc),
+            )
+            request_id = message.get("id") if isinstance(message, dict) else None
+            return protocol.error_response(
+                400, protocol.HEADER_MISMATCH, str(exc), request_id=request_id
+            )
+        return None
 
     def _too_large(self) -> web.Response:
         return protocol.error_response(

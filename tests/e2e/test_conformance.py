@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -56,11 +57,31 @@ async def conformance_results(url: str, out: Path) -> dict[str, str]:
 def read_results(out: Path) -> dict[str, str]:
     results: dict[str, str] = {}
     for checks in sorted(out.glob("*/checks.json")):
-        scenario = checks.parent.name.rsplit("-20", 1)[0]  # drop the timestamp suffix
+        scenario = scenario_name(checks.parent.name)
         for check in json.loads(checks.read_text()):
             results[f"{scenario}/{check['id']}"] = check["status"]
     assert results, f"the conformance suite produced no results in {out}"
     return results
+
+
+# The suite names each result directory ``<scenario>-<ISO time with [:.] as ->``, e.g.
+# ``server-ping-2026-11-24T20-36-47-204Z``; the time must go so that the direct and the
+# proxied run share keys.
+_TIMESTAMP_SUFFIX = re.compile(r"-\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}-\d{3}Z$")
+
+
+def scenario_name(result_dir: str) -> str:
+    scenario, found = _TIMESTAMP_SUFFIX.subn("", result_dir)
+    assert found == 1, f"unexpected conformance result directory name {result_dir!r}"
+    return scenario
+
+
+def test_result_directories_lose_exactly_their_timestamp() -> None:
+    # Milliseconds of 200-209 once made a naive split keep the whole timestamp.
+    assert scenario_name("server-tools-call-error-2026-11-24T20-36-47-204Z") == (
+        "server-tools-call-error"
+    )
+    assert scenario_name("server-ping-2026-01-02T03-04-05-000Z") == "server-ping"
 
 
 def passing(results: dict[str, Any]) -> set[str]:

@@ -1,0 +1,140 @@
+"""2026-07-28 standard headers through the proxy, in front of a stdio server (which never
+sees HTTP headers, so the proxy is the only place they can be checked) and an HTTP one.
+
+The SDK client (PyPI mcp, which speaks 2026-07-28 and sends the headers) proves that
+requests a real client sends are never refused; raw requests prove that ones whose
+headers disagree with their body never reach the server.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aiohttp
+from mcp import Client
+
+from tests.conftest import StartBackend, StartProxy
+from tests.e2e.test_stdio import DEMO_STDIO
+from tests.e2e.test_streamable_proxy import MCP_HEADERS, raw_initialize, tool_text
+
+MODERN = "2026-07-28"
+META = {
+    "io.modelcontextprotocol/protocolVersion": MODERN,
+    "io.modelcontextprotocol/clientCapabilities": {},
+    "io.modelcontextprotocol/clientInfo": {"name": "raw-test", "version": "1"},
+}
+
+
+def echo_call(request_id: int, text: str) -> dict[str, Any]:
+    return {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "method": "tools/call",
+        "params": {"name": "echo", "arguments": {"text": text}, "_meta": META},
+    }
+
+
+async def post(
+    http: aiohttp.ClientSession, url: str, message: object, **headers: str
+) -> tuple[int, Any]:
+    sent = {**MCP_HEADERS, "Accept": "application/json, text/event-stream", **headers}
+    async with http.post(url, data=json.dumps(message), headers=sent) as response:
+        text = await response.text()
+    if text.startswith("event:") or text.startswith("data:") or "\ndata:" in text:
+        data = [line[5:] for line in text.splitlines() if line.startswith("data:")]
+        return response.status, json.loads(data[-1])
+    return response.status, json.loads(text) if text else None
+
+
+def modern(**headers: str) -> dict[str, str]:
+    return {"MCP-Protocol-Version": MODERN, **headers}
+
+
+async def test_a_2026_sdk_client_is_served_through_the_proxy_by_a_stdio_server(
+    start_proxy: StartProxy,
+) -> None:
+    proxy = start_proxy(DEMO_STDIO)
+    async with Client(proxy.url, mode="auto") as client:
+        assert client.protocol_version == MODERN
+        assert "echo" in {tool.name for tool in (await client.list_tools()).tools}
+        # tools/call is name-bearing: it only passes with Mcp-Name mirroring the body.
+        assert tool_text(await client.call_tool("echo", {"text": "héllo wörld"})) == "héllo wörld"
+
+
+async def test_a_tools_call_whose_headers_disagree_with_its_body_never_reaches_the_server(
+    start_proxy: StartProxy,
+) -> None:
+    proxy = start_proxy(DEMO_STDIO)
+    async with aiohttp.ClientSession() as http:
+        matching = modern(**{"Mcp-Method": "tools/call", "Mcp-Name": "echo"})
+        status, body = await post(http, proxy.url, echo_call(1, "ok"), **matching)
+        assert status == 200, body
+        assert body["result"]["content"][0]["text"] == "ok"
+        refusals = {
+            "Mcp-Name": modern(**{"Mcp-Method": "tools/call", "Mcp-Name": "whoami"}),
+            "Mcp-Method": modern(**{"Mcp-Method": "tools/list", "Mcp-Name": "echo"}),
+            "Mcp-Name header is missing": modern(**{"Mcp-Method": "tools/call"}),
+            "MCP-Protocol-Version": {
+                "MCP-Protocol-Version": "2027-01-01",
+                "Mcp-Method": "tools/call",
+                "Mcp-Name": "echo",
+            },
+        }
+        for request_id, (named, headers) in enumerate(refusals.items(), start=2):
+            status, body = await post(http, proxy.url, echo_call(request_id, "no"), **headers)
+            assert status == 400, (named, body)
+            assert body["error"]["code"] == -32020
+            assert named in body["error"]["message"]
+            assert body["id"] == request_id
+
+
+async def test_a_base64_wrapped_name_matches_the_name_it_encodes(start_proxy: StartProxy) -> None:
+    proxy = start_proxy(DEMO_STDIO)
+    async with aiohttp.ClientSession() as http:
+        headers = modern(**{"Mcp-Method": "tools/call", "Mcp-Name": "=?base64?ZWNobw==?="})
+        status, body = await post(http, proxy.url, echo_call(1, "wrapped"), **headers)
+        assert status == 200, body
+        assert body["result"]["content"][0]["text"] == "wrapped"
+        broken = modern(**{"Mcp-Method": "tools/call", "Mcp-Name": "=?base64?%%%?="})
+        status, body = await post(http, proxy.url, echo_call(2, "no"), **broken)
+        assert (status, body["error"]["code"]) == (400, -32020)
+
+
+async def test_earlier_revisions_do_not_define_the_headers_and_pass_them_through(
+    start_proxy: StartProxy,
+) -> None:
+    proxy = start_proxy(DEMO_STDIO)
+    async with aiohttp.ClientSession() as http:
+        session_id = await raw_initialize(http, proxy.url)
+        message = {
+            "jsonrpc": "2.0",
+            "id": 5,
+            "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"text": "old"}},
+        }
+        status, body = await post(
+            http,
+            proxy.url,
+            message,
+            **{
+                "Mcp-Session-Id": session_id,
+                "MCP-Protocol-Version": "2025-06-18",
+                "Mcp-Name": "something-else",
+            },
+        )
+        assert status == 200, body
+        assert body["result"]["content"][0]["text"] == "old"
+
+
+async def test_an_http_backend_behind_the_proxy_gets_the_same_answer_for_a_mismatch(
+    start_backend: StartBackend, start_proxy: StartProxy
+) -> None:
+    backend = start_backend("alpha")
+    proxy = start_proxy({"name": "demo", "remote_url": backend.url})
+    async with aiohttp.ClientSession() as http:
+        headers = modern(**{"Mcp-Method": "tools/call", "Mcp-Name": "whoami"})
+        status, body = await post(http, proxy.url, echo_call(9, "no"), **headers)
+        assert (status, body["error"]["code"], body["id"]) == (400, -32020, 9)
+        async with Client(proxy.url, mode="auto") as client:
+            assert tool_text(await client.call_tool("echo", {"text": "fine"})) == "fine"
