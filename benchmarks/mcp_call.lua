@@ -2,7 +2,10 @@
 --
 -- Environment:
 --   MCP_SESSION_ID        value of the Mcp-Session-Id header (omitted when empty)
---   MCP_PROTOCOL_VERSION  value of the MCP-Protocol-Version header (default 2025-06-18)
+--   MCP_PROTOCOL_VERSION  value of the MCP-Protocol-Version header (default 2025-06-18);
+--                         from 2026-07-28 on, every request also carries the standard
+--                         headers Mcp-Method and Mcp-Name and the per-request _meta
+--                         envelope of that revision
 --
 -- done() prints one line `MCPBENCH {json}` with requests, duration, latency
 -- percentiles (microseconds) and wrk's error counters, for the runner to parse.
@@ -22,6 +25,9 @@ local next_id
 local head_prefix
 local body_prefix = '{"jsonrpc":"2.0","id":'
 local body_suffix = ',"method":"tools/call","params":{"name":"echo","arguments":{"text":"ok"}}}'
+local modern_suffix = ',"method":"tools/call","params":{"name":"echo","arguments":{"text":"ok"},'
+  .. '"_meta":{"io.modelcontextprotocol/protocolVersion":"%s",'
+  .. '"io.modelcontextprotocol/clientCapabilities":{}}}}'
 
 function init(args)
   -- thread_index is a global set by setup(); ids of thread k start at k * 1e9 + 1.
@@ -49,6 +55,12 @@ function init(args)
   }
   if session ~= "" then
     lines[#lines + 1] = "Mcp-Session-Id: " .. session
+  end
+  -- Revisions are dates, so they compare as strings.
+  if version >= "2026-07-28" then
+    lines[#lines + 1] = "Mcp-Method: tools/call"
+    lines[#lines + 1] = "Mcp-Name: echo"
+    body_suffix = string.format(modern_suffix, version)
   end
   lines[#lines + 1] = "Content-Length: "
   head_prefix = table.concat(lines, "\r\n")

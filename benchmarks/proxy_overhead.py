@@ -6,6 +6,7 @@ has a core of its own and its cost shows up as lost throughput and added latency
 
     .venv/bin/python benchmarks/proxy_overhead.py
     .venv/bin/python benchmarks/proxy_overhead.py --duration 10 --store both
+    .venv/bin/python benchmarks/proxy_overhead.py --revision 2026-07-28
 
 See benchmarks/README.md for how to read the output.
 """
@@ -42,6 +43,7 @@ NAIVE_PROXY = HERE / "naive_proxy.py"
 PROXY_CORE = 0
 LOAD_CORE = 1
 PROTOCOL_VERSION = "2025-06-18"
+MODERN_REVISION = "2026-07-28"
 CANNED_SESSION_ID = "canned-backend-session"
 CANNED_BODY = (
     '{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"ok"}],"isError":false}}'
@@ -414,12 +416,12 @@ class WrkResult:
 
 
 def run_wrk(
-    wrk: str, url: str, connections: int, duration_s: int, session_id: str
+    wrk: str, url: str, connections: int, duration_s: int, session_id: str, revision: str
 ) -> tuple[WrkResult, float]:
     """Run wrk pinned to the load core; return its result and the wall time it took."""
     env = dict(os.environ)
     env["MCP_SESSION_ID"] = session_id
-    env["MCP_PROTOCOL_VERSION"] = PROTOCOL_VERSION
+    env["MCP_PROTOCOL_VERSION"] = revision
     argv = taskset(
         LOAD_CORE,
         [
@@ -484,6 +486,7 @@ def measure(
     wrk: str,
     url: str,
     session_id: str,
+    revision: str,
     connections: int,
     duration_s: int,
     warmup_s: int,
@@ -491,10 +494,10 @@ def measure(
     backend: Managed,
 ) -> Row:
     if warmup_s > 0:
-        run_wrk(wrk, url, connections, warmup_s, session_id)
+        run_wrk(wrk, url, connections, warmup_s, session_id, revision)
     proxy_before = proc_group_cpu_ticks(proxy.pid) if proxy else 0
     backend_before = proc_group_cpu_ticks(backend.pid)
-    result, wall = run_wrk(wrk, url, connections, duration_s, session_id)
+    result, wall = run_wrk(wrk, url, connections, duration_s, session_id, revision)
     proxy_ticks = proc_group_cpu_ticks(proxy.pid) - proxy_before if proxy else 0
     backend_ticks = proc_group_cpu_ticks(backend.pid) - backend_before
 
@@ -539,6 +542,37 @@ def open_session(url: str, target: str) -> str:
     if check.status != 200 or b'"result"' not in check.body:
         raise BenchError(f"{target}: tools/call check -> HTTP {check.status}: {check.body[:300]!r}")
     return session_id
+
+
+def check_stateless(url: str, target: str) -> str:
+    """2026-07-28 has no sessions: check that one call with the revision's headers and
+    envelope gets a result; the load then runs without a session id."""
+    body = json.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": "bench-check",
+            "method": "tools/call",
+            "params": {
+                "name": "echo",
+                "arguments": {"text": "ok"},
+                "_meta": {
+                    "io.modelcontextprotocol/protocolVersion": MODERN_REVISION,
+                    "io.modelcontextprotocol/clientCapabilities": {},
+                },
+            },
+        },
+        separators=(",", ":"),
+    )
+    headers = {
+        **BASE_HEADERS,
+        "MCP-Protocol-Version": MODERN_REVISION,
+        "Mcp-Method": "tools/call",
+        "Mcp-Name": "echo",
+    }
+    check = http("POST", url, body, headers)
+    if check.status != 200 or b'"result"' not in check.body:
+        raise BenchError(f"{target}: tools/call check -> HTTP {check.status}: {check.body[:300]!r}")
+    return ""
 
 
 # --------------------------------------------------------------------------- report
@@ -645,6 +679,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--store", choices=("memory", "redis", "both"), default="memory")
     parser.add_argument("--proxyrunner", help="proxyrunner executable (default: the venv's)")
     parser.add_argument("--keep-tmp", action="store_true", help="keep configs and logs")
+    parser.add_argument(
+        "--revision",
+        choices=(PROTOCOL_VERSION, MODERN_REVISION),
+        default=PROTOCOL_VERSION,
+        help=f"MCP revision of the load: {PROTOCOL_VERSION} in a session (default), or "
+        f"{MODERN_REVISION} without sessions, with its standard headers",
+    )
     args = parser.parse_args(argv)
     try:
         args.connections = [int(c) for c in args.connections.split(",") if c.strip()]
@@ -686,7 +727,8 @@ def run(args: argparse.Namespace) -> int:
     print("proxy-overhead benchmark: " + ", ".join(f"{k}={v}" for k, v in env_info.items()))
     print(
         f"proxy on core {PROXY_CORE}; wrk + nginx + redis on core {LOAD_CORE}; "
-        f"{args.duration}s per run after {args.warmup}s warm-up; connections {args.connections}"
+        f"{args.duration}s per run after {args.warmup}s warm-up; connections {args.connections}; "
+        f"MCP {args.revision}"
     )
 
     rows: list[Row] = []
@@ -699,8 +741,12 @@ def run(args: argparse.Namespace) -> int:
         nginx, direct_url = start_nginx(procs, tools["nginx"], workdir)
 
         def bench(target: str, url: str, proxy: Managed | None) -> None:
-            session_id = open_session(url, target)
-            print(f"\n[{target}] session id {session_id!r}")
+            if args.revision == MODERN_REVISION:
+                session_id = check_stateless(url, target)
+                print(f"\n[{target}] {MODERN_REVISION}, no session")
+            else:
+                session_id = open_session(url, target)
+                print(f"\n[{target}] session id {session_id!r}")
             if target.startswith("proxyrunner") and session_id == CANNED_SESSION_ID:
                 print(f"  warning: {target} passed the backend's session id through")
             for conns in args.connections:
@@ -709,6 +755,7 @@ def run(args: argparse.Namespace) -> int:
                     wrk=tools["wrk"],
                     url=url,
                     session_id=session_id,
+                    revision=args.revision,
                     connections=conns,
                     duration_s=args.duration,
                     warmup_s=args.warmup,
@@ -817,6 +864,7 @@ def run(args: argparse.Namespace) -> int:
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "connections": args.connections,
+        "revision": args.revision,
         "environment": env_info | versions,
         "results": [asdict(r) for r in rows],
         "ratios": ratios,
