@@ -474,18 +474,23 @@ def _check_semantics(c: RunConfig, p: _Problems) -> None:
 # ------------------------------------------------------------------ files and env
 
 
-def decode_document(text: str, source: str) -> object:
-    """JSON or YAML text to Python data. JSON is tried first: it is what the operator writes."""
+def decode_document(text: str) -> object:
+    """JSON or YAML text to Python data. JSON is tried first: it is what the operator writes.
+    Errors do not name the source: the caller prefixes it."""
     try:
         return json.loads(text)
     except json.JSONDecodeError:
         pass
+    except RecursionError as exc:
+        raise ConfigError("nested too deeply to parse") from exc
     try:
         return yaml.safe_load(text)
+    except RecursionError as exc:
+        raise ConfigError("nested too deeply to parse") from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{source}: not valid JSON or YAML{where}") from exc
+        raise ConfigError(f"not valid JSON or YAML{where}") from exc
 
 
 def load_config_file(path: Path) -> LoadedConfig:
@@ -500,7 +505,7 @@ def load_config_file(path: Path) -> LoadedConfig:
 
 def load_config_text(text: str, source: str) -> LoadedConfig:
     try:
-        config, unknown = parse_config(decode_document(text, source))
+        config, unknown = parse_config(decode_document(text))
     except ConfigError as exc:
         raise ConfigError([f"{source}: {problem}" for problem in exc.problems]) from None
     return LoadedConfig(config=config, source=source, unknown_fields=unknown)

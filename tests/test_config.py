@@ -124,6 +124,18 @@ def test_yaml_file_loads(tmp_path: Path) -> None:
     assert load_config_file(path).config == parse_config(FULL)[0]
 
 
+def test_a_config_nested_too_deeply_to_parse_is_a_config_error(tmp_path: Path) -> None:
+    for name, text in (
+        ("runconfig.json", "[" * 100_000 + "]" * 100_000),
+        ("runconfig.yaml", "a: " + "[" * 100_000 + "]" * 100_000),
+    ):
+        path = tmp_path / name
+        path.write_text(text)
+        with pytest.raises(ConfigError) as info:
+            load_config_file(path)
+        assert info.value.problems == [f"{path}: nested too deeply to parse"]
+
+
 def test_nested_scaling_config_layout_loads_like_the_top_level_one() -> None:
     nested = {
         "name": "x",

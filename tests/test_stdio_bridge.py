@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import structlog
 
-from proxyrunner.backends.channel import ProcessChannel
+from proxyrunner.backends.channel import MAX_LINE, ProcessChannel
 from proxyrunner.backends.stdio_bridge import StdioBridge
 from tests.e2e.test_stdio import call as tool_call
 from tests.e2e.test_streamable_proxy import INIT, MCP_HEADERS, raw_initialize
@@ -34,6 +34,7 @@ async def bridged(command: Sequence[str] = DEMO) -> AsyncIterator[tuple[StdioBri
         stderr=asyncio.subprocess.DEVNULL,
         env={**os.environ, "MCP_TRANSPORT": "stdio"},
         start_new_session=True,
+        limit=MAX_LINE,  # as the local runtime starts its stdio children
     )
     bridge = StdioBridge("child", LOG)
     await bridge.start()
@@ -144,3 +145,19 @@ async def test_every_initialize_gets_the_servers_answer_and_a_session_of_its_own
     assert [a["id"] for a in answers] == [0, 1, 2]
     assert all(a["result"] == answers[0]["result"] for a in answers)
     assert answers[0]["result"]["serverInfo"]["name"] == "proxyrunner-demo"
+
+
+async def test_a_server_line_nested_too_deeply_to_parse_is_skipped_not_fatal() -> None:
+    # Prints a line json.loads cannot take (RecursionError), then serves normally.
+    noisy = (
+        sys.executable,
+        "-c",
+        "import os, sys; sys.stdout.write('[' * 100000 + ']' * 100000 + '\\n');"
+        " sys.stdout.flush(); os.execv(sys.executable, [sys.executable, '-m', 'proxyrunner.demo'])",
+    )
+    async with bridged(noisy) as (bridge, url), aiohttp.ClientSession() as http:
+        session = await raw_initialize(http, url)
+        status, answer = await post(http, url, session, tool_call(1, "echo", {"text": "fine"}))
+        assert status == 200
+        assert answer["result"]["content"][0]["text"] == "fine"
+        assert bridge.attached

@@ -48,6 +48,7 @@ from proxyrunner.proxy.protocol import (
     PARSE_ERROR,
     SESSION_HEADER,
     SESSION_NOT_FOUND,
+    parse_json,
 )
 
 JsonMessage = dict[str, Any]
@@ -372,7 +373,7 @@ class StdioBridge:
 
     def _from_server(self, line: bytes) -> None:
         try:
-            parsed = json.loads(line)
+            parsed = parse_json(line)
         except ValueError:
             # Servers sometimes print banners on stdout; they are not protocol.
             self._log.debug("stdio server wrote a non-JSON line", line=line[:200])
@@ -467,8 +468,8 @@ class StdioBridge:
         self, request: web.Request
     ) -> tuple[list[JsonMessage], bool] | web.Response:
         try:
-            parsed = json.loads(await request.read())
-        except (ValueError, UnicodeDecodeError):
+            parsed = parse_json(await request.read())
+        except ValueError:
             return _error_response(400, None, PARSE_ERROR, "the body is not JSON")
         batch = isinstance(parsed, list)
         messages = parsed if batch else [parsed]

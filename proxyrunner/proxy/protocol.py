@@ -83,6 +83,19 @@ class InitializeRequest:
         self.protocol_version = protocol_version
 
 
+def parse_json(data: bytes | str) -> Any:
+    """Decode a JSON document from a peer; ValueError for anything that is not one.
+
+    json.loads raises RecursionError, not ValueError, on deeply nested input (a few
+    kilobytes of ``[`` suffice): left uncaught, one such body would be a 500 and a
+    traceback, or end a stdio server's reader loop.
+    """
+    try:
+        return json.loads(data)
+    except RecursionError as exc:
+        raise ValueError("JSON nested too deeply") from exc
+
+
 def parse_initialize(body: bytes) -> InitializeRequest | None:
     """The initialize request in ``body``, or None if the body is something else.
 
@@ -90,7 +103,7 @@ def parse_initialize(body: bytes) -> InitializeRequest | None:
     """
     if b'"initialize"' not in body:  # cheap reject before a full parse
         return None
-    doc = json.loads(body)
+    doc = parse_json(body)
     if not isinstance(doc, dict) or doc.get("method") != "initialize" or "id" not in doc:
         return None
     params = doc.get("params")

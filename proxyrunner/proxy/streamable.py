@@ -10,7 +10,6 @@ request whose routing depends on its content.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from dataclasses import dataclass, replace
 from typing import Final
@@ -516,7 +515,7 @@ class StreamableHTTPProxy:
         """400/-32020 when a 2026-07-28 request's standard headers disagree with its body
         (see standard_headers for why the proxy, not only the backend, must check)."""
         try:
-            message = json.loads(body)
+            message = protocol.parse_json(body)
         except ValueError:
             return protocol.error_response(
                 400, protocol.PARSE_ERROR, "Parse error: the body is not JSON"

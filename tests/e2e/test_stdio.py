@@ -179,3 +179,41 @@ async def test_progress_and_server_requests_reach_the_client_that_caused_them(
         assert "still here" in tool_text(
             await bystander.call_tool("echo", {"message": "still here"})
         )
+
+
+# A few hundred kilobytes of brackets: json.loads raises RecursionError (not ValueError) on
+# it, which once reached aiohttp as a 500 with a traceback.
+DEEPLY_NESTED = b"[" * 100_000 + b"]" * 100_000
+
+
+async def test_deeply_nested_json_is_a_parse_error_wherever_the_proxy_reads_it(
+    start_proxy: StartProxy,
+) -> None:
+    proxy = start_proxy(DEMO_STDIO)
+    async with aiohttp.ClientSession() as http:
+        session_id = await raw_initialize(http, proxy.url)
+        attempts = {
+            # Looks like an initialize: the proxy parses it to route it.
+            "initialize": (b'{"method":"initialize","p":' + DEEPLY_NESTED + b"}", {}),
+            # Claims 2026-07-28: the proxy parses it to check the standard headers.
+            "2026-07-28": (
+                DEEPLY_NESTED,
+                {"MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/list"},
+            ),
+            # Forwarded as is: the stdio bridge parses it.
+            "stateless": (DEEPLY_NESTED, {}),
+            "in session": (DEEPLY_NESTED, {"Mcp-Session-Id": session_id}),
+        }
+        for where, (body, extra) in attempts.items():
+            async with http.post(
+                proxy.url, data=body, headers={**MCP_HEADERS, **extra}
+            ) as response:
+                assert response.status == 400, where
+                assert (await response.json())["error"]["code"] == -32700, where
+        async with http.post(
+            proxy.url,
+            json=call(1, "echo", {"text": "still here"}),
+            headers={**MCP_HEADERS, "Mcp-Session-Id": session_id},
+        ) as response:
+            assert "still here" in await response.text()
+    assert "Traceback" not in proxy.output()
