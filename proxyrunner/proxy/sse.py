@@ -92,6 +92,19 @@ class LegacySSEProxy:
                     502, protocol.BACKEND_UNAVAILABLE, "backend sent no endpoint event"
                 )
             message_url = backend.url.join(URL(endpoint))
+            if message_url.origin() != backend.url.origin():
+                # The proxy would POST every client message of the session there, from
+                # inside the cluster network: a server must not be able to point it
+                # elsewhere (the spec has the endpoint on the server's own origin).
+                parts.log.warning(
+                    "backend named a message endpoint on another origin; refused",
+                    backend=backend.name,
+                )
+                return protocol.error_response(
+                    502,
+                    protocol.BACKEND_UNAVAILABLE,
+                    "backend named a message endpoint on another origin",
+                )
             now = time.time()
             record = SessionRecord(
                 session_id=new_session_id(),
@@ -149,7 +162,7 @@ class LegacySSEProxy:
         except web.HTTPRequestEntityTooLarge:
             return protocol.error_response(413, protocol.REQUEST_TOO_LARGE, "body too large")
         record = await parts.store.get(session_id)
-        if record is None or record.backend_session_id is None:
+        if record is None or record.transport != "sse" or record.backend_session_id is None:
             return protocol.session_not_found()
         backend = self._router.backend_of(record)
         if backend is None:
