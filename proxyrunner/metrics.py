@@ -185,7 +185,8 @@ class Metrics:
         )
         self.store_lookups = HotCounter(
             "proxyrunner_session_cache_lookups",
-            "Session lookups in the local cache, by result (hit, miss).",
+            "Session lookups in the local cache, by result: hit, miss, malformed (an id"
+            " that cannot be one of ours, answered without asking Redis).",
             ("result",),
             registry=r,
         )

@@ -15,7 +15,7 @@ from proxyrunner.config import RunConfig, Secrets, parse_config
 from proxyrunner.errors import StartupError
 from proxyrunner.logging import get_logger
 from proxyrunner.metrics import Metrics
-from proxyrunner.sessions.record import SessionRecord, new_session_id
+from proxyrunner.sessions.record import SessionRecord, could_be_session_id, new_session_id
 from proxyrunner.sessions.tiered import TieredSessionStore
 from tests.redis_server import RedisServer
 
@@ -158,7 +158,7 @@ async def test_cached_sessions_keep_working_while_redis_is_down(
     redis_server.kill()
     started = time.monotonic()
     assert await a.get(session.session_id) == session
-    assert await a.get("unknown-id") is None
+    assert await a.get(new_session_id()) is None  # unknown: asks Redis
     assert time.monotonic() - started < 1.5
     assert not a.health().usable
     assert "unreachable" in a.health().reason
@@ -170,7 +170,7 @@ async def test_sessions_created_during_an_outage_are_written_through_afterwards(
     a, b = await replica(), await replica()
     redis_server.kill()
     survivor = record()
-    await a.get("probe")  # notice the outage
+    await a.get(new_session_id())  # notice the outage
     assert await a.create(survivor)
     redis_server.start()
 
@@ -217,7 +217,7 @@ async def test_password_never_appears_in_logs(replica: Factory, redis_server: Re
         a = await replica()
         await a.create(record())
         redis_server.kill()
-        await a.get("x")
+        await a.get(new_session_id())  # asks Redis: logs the outage
     assert redis_server.password not in repr(logs)
 
 
@@ -235,3 +235,9 @@ async def test_a_redis_restart_that_loses_data_keeps_cached_sessions(
 
     await eventually_async(restored, 10)
     assert await a.get(session.session_id) == session
+
+
+def test_every_minted_session_id_has_the_shape_lookups_accept() -> None:
+    assert all(could_be_session_id(new_session_id()) for _ in range(2000))
+    for garbage in ("", "nope", "a" * 42, "a" * 44, "a" * 42 + "=", "a" * 42 + "\n"):
+        assert not could_be_session_id(garbage)

@@ -8,17 +8,28 @@ rollout can read each other's records; a record of an unknown version is treated
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
 RECORD_VERSION: Final = 1
 
+_ID_BYTES: Final = 32
+# token_urlsafe(32): 32 bytes in unpadded URL-safe base64 are always 43 characters.
+_ID_SHAPE: Final = re.compile(r"[A-Za-z0-9_-]{43}")
+
 
 def new_session_id() -> str:
     """A proxy-owned session id: 256 random bits, URL-safe visible ASCII (the spec asks for
     visible ASCII 0x21-0x7E; clients and logs handle this alphabet without quoting)."""
-    return secrets.token_urlsafe(32)
+    return secrets.token_urlsafe(_ID_BYTES)
+
+
+def could_be_session_id(value: str) -> bool:
+    """Whether ``value`` has the shape of an id this proxy mints. One that does not cannot
+    name a session, so it is answered without asking Redis."""
+    return _ID_SHAPE.fullmatch(value) is not None
 
 
 @dataclass(frozen=True, slots=True)

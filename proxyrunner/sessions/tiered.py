@@ -47,7 +47,7 @@ from redis.retry import Retry
 from proxyrunner.config import RunConfig, Secrets
 from proxyrunner.errors import StartupError, StoreUnavailable
 from proxyrunner.metrics import Metrics
-from proxyrunner.sessions.record import SessionRecord
+from proxyrunner.sessions.record import SessionRecord, could_be_session_id
 from proxyrunner.sessions.store import StoreHealth
 from proxyrunner.tasks import BackgroundTasks
 
@@ -188,6 +188,10 @@ class TieredSessionStore:
         return True
 
     async def get(self, session_id: str) -> SessionRecord | None:
+        if not could_be_session_id(session_id):
+            # Garbage ids (a scanner, a client of another proxy) cost no Redis round trip.
+            self._metrics.store_lookups.labels("malformed").inc()
+            return None
         entry = self._cache.get(session_id)
         now = time.monotonic()
         if entry is not None and (now - entry.fetched < self._max_age or not self._up):

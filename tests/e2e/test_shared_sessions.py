@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 from mcp import Client
 
+from proxyrunner.sessions.record import new_session_id
 from tests.balancer import balancer
 from tests.conftest import StartBackend, StartProxy
 from tests.e2e.test_streamable_proxy import (
@@ -189,3 +190,27 @@ async def test_warm_sessions_cost_at_most_005_redis_commands_per_request(
     )
     assert requests == 3000
     assert per_request <= 0.05
+
+
+async def test_session_ids_the_proxy_could_not_have_minted_cost_no_redis_command(
+    start_backend: StartBackend, start_proxy: StartProxy, redis_server: RedisServer
+) -> None:
+    alpha = start_backend("alpha")
+    (proxy,) = start_replicas(start_proxy, redis_server, [alpha.url], 1)
+    garbage = ["nope", "x" * 2000, "!" * 43, "a" * 42, "a" * 44, "../../etc/passwd"]
+    unknown = [new_session_id() for _ in range(10)]  # well formed, never issued
+
+    async def all_not_found(ids: list[str], rounds: int) -> int:
+        before = redis_server.total_commands()
+        for _ in range(rounds):
+            for session_id in ids:
+                status, body = await post_sse_json(http, proxy.url, session_id, tools_call(1))
+                assert status == 404, (session_id, body)
+                assert '"code":-32001' in body.replace(" ", "")
+        return redis_server.total_commands() - before
+
+    async with aiohttp.ClientSession() as http:
+        # 300 lookups of garbage: nothing reaches Redis (a background command or two may).
+        assert await all_not_found(garbage, 50) <= 3
+        # The contrast that shows the count is real: each plausible id is one GET.
+        assert await all_not_found(unknown, 1) >= len(unknown)
