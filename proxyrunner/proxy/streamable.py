@@ -133,7 +133,12 @@ class StreamableHTTPProxy:
             metrics.request_duration.labels(rpc_method).observe(time.perf_counter() - started)
 
     async def _post(self, request: web.Request) -> tuple[web.StreamResponse, str]:
+        version = request.headers.get(protocol.PROTOCOL_VERSION_HEADER)
         client_sid = request.headers.get(SESSION_HEADER)
+        if client_sid is not None and standard_headers.applies_to(version):
+            # 2026-07-28 has no sessions: there a session header means nothing, and is
+            # ignored rather than looked up (and answered 404).
+            client_sid = None
         try:
             body = await self._read_body(request, buffer_all=client_sid is None)
         except _BodyTooLarge:
@@ -146,9 +151,7 @@ class StreamableHTTPProxy:
                 "unknown",
             )
         rpc_method = protocol.peek_method(body) if isinstance(body, bytes) else "streamed"
-        if isinstance(body, bytes) and standard_headers.declared(
-            request.headers.get(protocol.PROTOCOL_VERSION_HEADER), body
-        ):
+        if isinstance(body, bytes) and standard_headers.declared(version, body):
             refused = self._refuse_mismatched_headers(request, body, client_sid, rpc_method)
             if refused is not None:
                 return refused, rpc_method

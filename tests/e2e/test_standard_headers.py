@@ -138,3 +138,17 @@ async def test_an_http_backend_behind_the_proxy_gets_the_same_answer_for_a_misma
         assert (status, body["error"]["code"], body["id"]) == (400, -32020, 9)
         async with Client(proxy.url, mode="auto") as client:
             assert tool_text(await client.call_tool("echo", {"text": "fine"})) == "fine"
+
+
+async def test_a_session_header_on_a_2026_request_is_ignored_not_looked_up(
+    start_proxy: StartProxy,
+) -> None:
+    # The revision has no sessions: a stray Mcp-Session-Id must not turn into a 404.
+    proxy = start_proxy(DEMO_STDIO)
+    async with aiohttp.ClientSession() as http:
+        headers = modern(
+            **{"Mcp-Method": "tools/call", "Mcp-Name": "echo", "Mcp-Session-Id": "stale-id"}
+        )
+        status, body = await post(http, proxy.url, echo_call(1, "sessionless"), **headers)
+    assert status == 200, body
+    assert body["result"]["content"][0]["text"] == "sessionless"
