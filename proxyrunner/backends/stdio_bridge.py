@@ -41,11 +41,13 @@ import structlog
 from aiohttp import web
 
 from proxyrunner.backends.channel import MessageChannel
+from proxyrunner.proxy import standard_headers
 from proxyrunner.proxy.protocol import (
     BACKEND_UNAVAILABLE,
     INTERNAL_ERROR,
     INVALID_REQUEST,
     PARSE_ERROR,
+    PROTOCOL_VERSION_HEADER,
     SESSION_HEADER,
     SESSION_NOT_FOUND,
     parse_json,
@@ -55,6 +57,9 @@ JsonMessage = dict[str, Any]
 Mode = Literal["json", "stream", "legacy"]
 
 SERVER_GONE: Final = BACKEND_UNAVAILABLE
+UNSUPPORTED_PROTOCOL_VERSION: Final = -32022
+# The revisions with an initialize handshake: the era a shared stdio server is kept in.
+HANDSHAKE_REVISIONS: Final = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")
 REQUEST_CANCELLED: Final = -32800  # as LSP: the client gave up on the request
 
 _OUTBOX_LIMIT: Final = 1000
@@ -76,6 +81,21 @@ def _error_response(status: int, message_id: Any, code: int, text: str) -> web.R
     return web.Response(
         status=status, body=_dumps(_error(message_id, code, text)), content_type="application/json"
     )
+
+
+def _modern_revision(request: web.Request, messages: list[JsonMessage]) -> str | None:
+    """The 2026-07-28-or-later revision a request claims (header or ``_meta``), if any."""
+    header = request.headers.get(PROTOCOL_VERSION_HEADER)
+    if header is not None:
+        return header if standard_headers.applies_to(header) else None
+    for message in messages:
+        params = message.get("params")
+        meta = params.get("_meta") if isinstance(params, dict) else None
+        if isinstance(meta, dict):
+            claimed = meta.get(standard_headers.VERSION_META_KEY)
+            if isinstance(claimed, str) and standard_headers.applies_to(claimed):
+                return claimed
+    return None
 
 
 def _is_request(message: JsonMessage) -> bool:
@@ -486,6 +506,17 @@ class StdioBridge:
         if isinstance(read, web.Response):
             return read
         messages, batch = read
+        revision = _modern_revision(request, messages)
+        if revision is not None:
+            # A stdio server lives in one era for its whole life, set by its first message:
+            # a 2026-07-28 request would lock it out of the initialize handshake, and every
+            # session of an earlier revision (most clients) would fail until it restarts.
+            # So it is kept in the handshake era; "unsupported version" with the versions
+            # it speaks is what makes a negotiating client fall back to initialize.
+            first = messages[0].get("id") if len(messages) == 1 else None
+            error = _error(first, UNSUPPORTED_PROTOCOL_VERSION, "Unsupported protocol version")
+            error["error"]["data"] = {"supported": list(HANDSHAKE_REVISIONS), "requested": revision}
+            return web.Response(status=400, body=_dumps(error), content_type="application/json")
         if any(m.get("method") == "initialize" for m in messages):
             if batch:
                 return _error_response(

@@ -8,14 +8,15 @@ headers disagree with its body goes no further: otherwise an intermediary routes
 limits or authorizes on one value while the server executes another. The server the
 client addresses must reject it (HTTP 400, JSON-RPC -32020 HeaderMismatch).
 
-proxyrunner is that server as far as the client can tell, and what stands behind it
-often cannot check: a stdio server never sees HTTP headers, and a server built on an
-SDK older than the revision does not know them. So the proxy checks before forwarding.
+proxyrunner is that server as far as the client can tell, and the server behind it may
+not check (SDKs took the rule up one by one; a server may have been built before). So
+the proxy checks before forwarding: nothing reaches a backend on the strength of headers
+that nobody verified. (A stdio server never sees headers; the bridge keeps it in the
+initialize-handshake era, where these headers mean nothing.)
 
 ``Mcp-Param-*`` headers mirror tool arguments that the tool's input schema marks with
 ``x-mcp-header``; checking them needs the server's tool list, which the proxy does not
-keep. They pass through: an HTTP backend checks them against its own schemas; behind a
-stdio server they go unchecked (the README says so).
+keep. They pass through, for the backend to check against its own schemas.
 """
 
 from __future__ import annotations

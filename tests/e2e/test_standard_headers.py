@@ -1,14 +1,17 @@
-"""2026-07-28 standard headers through the proxy, in front of a stdio server (which never
-sees HTTP headers, so the proxy is the only place they can be checked) and an HTTP one.
+"""2026-07-28 standard headers through the proxy.
 
-The SDK client (PyPI mcp, which speaks 2026-07-28 and sends the headers) proves that
-requests a real client sends are never refused; raw requests prove that ones whose
-headers disagree with their body never reach the server.
+The SDK client (PyPI mcp, which speaks 2026-07-28 and sends the headers) against the
+SDK-built demo proves that requests a real client sends are never refused. A backend that
+checks nothing and counts what reaches it proves that requests whose headers disagree with
+their body never get there: the proxy answers them itself.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -17,6 +20,8 @@ from mcp import Client
 from tests.conftest import StartBackend, StartProxy
 from tests.e2e.test_stdio import DEMO_STDIO
 from tests.e2e.test_streamable_proxy import MCP_HEADERS, raw_initialize, tool_text
+from tests.procs import Proxy
+from tests.raw_backend import RawBackend, ok_response, read_message
 
 MODERN = "2026-07-28"
 META = {
@@ -51,26 +56,61 @@ def modern(**headers: str) -> dict[str, str]:
     return {"MCP-Protocol-Version": MODERN, **headers}
 
 
-async def test_a_2026_sdk_client_is_served_through_the_proxy_by_a_stdio_server(
+class CountingBackend:
+    """A 2026-07-28 backend that checks nothing: it answers every POST with a canned
+    result carrying the request's id, and counts the POSTs that reach it."""
+
+    def __init__(self) -> None:
+        self.posts = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head, body = await read_message(reader)
+            if head.startswith(b"POST"):
+                self.posts += 1
+                request_id = json.loads(body).get("id")
+                result = {"jsonrpc": "2.0", "id": request_id, "result": {"content": []}}
+                writer.write(ok_response(json.dumps(result).encode()))
+            else:
+                writer.write(ok_response(b"up"))  # the readiness probe
+            await writer.drain()
+
+
+@asynccontextmanager
+async def proxy_before_counting_backend(
     start_proxy: StartProxy,
+) -> AsyncIterator[tuple[Proxy, CountingBackend]]:
+    counting = CountingBackend()
+    async with RawBackend(counting.handle) as backend:
+        url = f"http://127.0.0.1:{backend.port}/mcp"
+        # The backend runs on this loop: start the proxy (which probes it) off the loop.
+        proxy = await asyncio.to_thread(start_proxy, {"name": "demo", "remote_url": url})
+        yield proxy, counting
+
+
+async def test_a_2026_sdk_client_passes_the_header_check_through_the_proxy(
+    start_backend: StartBackend, start_proxy: StartProxy
 ) -> None:
-    proxy = start_proxy(DEMO_STDIO)
+    backend = start_backend("alpha")
+    proxy = start_proxy({"name": "demo", "remote_url": backend.url})
     async with Client(proxy.url, mode="auto") as client:
         assert client.protocol_version == MODERN
         assert "echo" in {tool.name for tool in (await client.list_tools()).tools}
-        # tools/call is name-bearing: it only passes with Mcp-Name mirroring the body.
+        # tools/call is name-bearing: it only passes with Mcp-Name mirroring the body;
+        # non-ASCII arguments do not travel in headers, names may (base64).
         assert tool_text(await client.call_tool("echo", {"text": "héllo wörld"})) == "héllo wörld"
 
 
-async def test_a_tools_call_whose_headers_disagree_with_its_body_never_reaches_the_server(
+async def test_a_request_whose_headers_disagree_with_its_body_never_reaches_the_backend(
     start_proxy: StartProxy,
 ) -> None:
-    proxy = start_proxy(DEMO_STDIO)
-    async with aiohttp.ClientSession() as http:
+    async with (
+        proxy_before_counting_backend(start_proxy) as (proxy, backend),
+        aiohttp.ClientSession() as http,
+    ):
         matching = modern(**{"Mcp-Method": "tools/call", "Mcp-Name": "echo"})
         status, body = await post(http, proxy.url, echo_call(1, "ok"), **matching)
-        assert status == 200, body
-        assert body["result"]["content"][0]["text"] == "ok"
+        assert (status, body["id"], backend.posts) == (200, 1, 1)
         refusals = {
             "Mcp-Name": modern(**{"Mcp-Method": "tools/call", "Mcp-Name": "whoami"}),
             "Mcp-Method": modern(**{"Mcp-Method": "tools/list", "Mcp-Name": "echo"}),
@@ -87,18 +127,21 @@ async def test_a_tools_call_whose_headers_disagree_with_its_body_never_reaches_t
             assert body["error"]["code"] == -32020
             assert named in body["error"]["message"]
             assert body["id"] == request_id
+        assert backend.posts == 1
 
 
 async def test_a_base64_wrapped_name_matches_the_name_it_encodes(start_proxy: StartProxy) -> None:
-    proxy = start_proxy(DEMO_STDIO)
-    async with aiohttp.ClientSession() as http:
+    async with (
+        proxy_before_counting_backend(start_proxy) as (proxy, backend),
+        aiohttp.ClientSession() as http,
+    ):
         headers = modern(**{"Mcp-Method": "tools/call", "Mcp-Name": "=?base64?ZWNobw==?="})
         status, body = await post(http, proxy.url, echo_call(1, "wrapped"), **headers)
-        assert status == 200, body
-        assert body["result"]["content"][0]["text"] == "wrapped"
+        assert (status, body["id"]) == (200, 1)
         broken = modern(**{"Mcp-Method": "tools/call", "Mcp-Name": "=?base64?%%%?="})
         status, body = await post(http, proxy.url, echo_call(2, "no"), **broken)
         assert (status, body["error"]["code"]) == (400, -32020)
+        assert backend.posts == 1
 
 
 async def test_earlier_revisions_do_not_define_the_headers_and_pass_them_through(
@@ -141,10 +184,11 @@ async def test_an_http_backend_behind_the_proxy_gets_the_same_answer_for_a_misma
 
 
 async def test_a_session_header_on_a_2026_request_is_ignored_not_looked_up(
-    start_proxy: StartProxy,
+    start_backend: StartBackend, start_proxy: StartProxy
 ) -> None:
     # The revision has no sessions: a stray Mcp-Session-Id must not turn into a 404.
-    proxy = start_proxy(DEMO_STDIO)
+    backend = start_backend("alpha")
+    proxy = start_proxy({"name": "demo", "remote_url": backend.url})
     async with aiohttp.ClientSession() as http:
         headers = modern(
             **{"Mcp-Method": "tools/call", "Mcp-Name": "echo", "Mcp-Session-Id": "stale-id"}

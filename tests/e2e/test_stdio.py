@@ -17,6 +17,7 @@ import pytest
 from mcp import Client, types
 from mcp.client.sse import sse_client
 
+from proxyrunner.backends.stdio_bridge import HANDSHAKE_REVISIONS
 from tests.conftest import StartProxy
 from tests.e2e.test_streamable_proxy import (
     EVERYTHING,
@@ -217,3 +218,45 @@ async def test_deeply_nested_json_is_a_parse_error_wherever_the_proxy_reads_it(
         ) as response:
             assert "still here" in await response.text()
     assert "Traceback" not in proxy.output()
+
+
+async def test_a_2026_client_first_cannot_lock_older_clients_out_of_a_stdio_server(
+    start_proxy: StartProxy,
+) -> None:
+    # A stdio server lives in one era, set by its first message. Served 2026-07-28 first,
+    # it would refuse every initialize after: the bridge keeps it in the handshake era,
+    # and a negotiating client falls back to initialize.
+    proxy = start_proxy(DEMO_STDIO)
+    async with Client(proxy.url, mode="auto") as modern_first:
+        assert modern_first.protocol_version in HANDSHAKE_REVISIONS
+        assert tool_text(await modern_first.call_tool("echo", {"text": "a"})) == "a"
+    async with Client(proxy.url, mode="legacy") as older:
+        assert tool_text(await older.call_tool("echo", {"text": "b"})) == "b"
+
+
+async def test_a_2026_request_to_a_stdio_server_is_told_the_revisions_it_speaks(
+    start_proxy: StartProxy,
+) -> None:
+    proxy = start_proxy(DEMO_STDIO)
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
+    message = {"jsonrpc": "2.0", "id": 3, "method": "tools/list", "params": {"_meta": meta}}
+    headers = {
+        **MCP_HEADERS,
+        "MCP-Protocol-Version": "2026-07-28",
+        "Mcp-Method": "tools/list",
+    }
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(proxy.url, json=message, headers=headers) as response,
+    ):
+        assert response.status == 400
+        body = await response.json()
+    assert body["id"] == 3
+    assert body["error"]["code"] == -32022
+    assert body["error"]["data"] == {
+        "supported": list(HANDSHAKE_REVISIONS),
+        "requested": "2026-07-28",
+    }
