@@ -110,6 +110,9 @@ class RunConfig:
     """Proxy one existing MCP endpoint, given as its full URL."""
     backend_urls: tuple[str, ...] = ()
     """A static list of MCP endpoint URLs to spread sessions over."""
+    allowed_hosts: tuple[str, ...] = ()
+    """Host names (no port) clients may address the proxy by, besides loopback when it
+    listens on loopback; setting any turns DNS-rebinding protection on; "*" turns it off."""
     mcpserver_generation: int = 0
     """MCPServer metadata.generation; 0 means unversioned (no apply gate)."""
     backend_replicas: int | None = None
@@ -377,7 +380,7 @@ def parse_config(data: object) -> tuple[RunConfig, tuple[str, ...]]:
             p.add("backend_replicas", f"must fit in an int32, got {replicas}")
         kwargs["backend_replicas"] = replicas
 
-    for key in ("cmd_args", "backend_urls"):
+    for key in ("cmd_args", "backend_urls", "allowed_hosts"):
         items = _get_str_list(raw, key, p)
         if items is not None:
             kwargs[key] = items

@@ -77,6 +77,7 @@ FULL = {
     "transport": "streamable-http",
     "cmd_args": ["--toolsets", "repos"],
     "env_vars": {"B": "2", "A": "1"},
+    "allowed_hosts": ["mcp.local"],
     "target_port": 8000,
     "mcpserver_generation": 7,
     "backend_replicas": 3,

@@ -161,3 +161,14 @@ async def test_a_server_line_nested_too_deeply_to_parse_is_skipped_not_fatal() -
         assert status == 200
         assert answer["result"]["content"][0]["text"] == "fine"
         assert bridge.attached
+
+
+async def test_the_bridge_refuses_a_host_a_rebinding_page_would_send() -> None:
+    # Its loopback port could be found by a page scanning 127.0.0.1.
+    async with bridged() as (_, url), aiohttp.ClientSession() as http:
+        async with http.post(
+            url, json=INIT, headers={**headers(None), "Host": "evil.example.com"}
+        ) as response:
+            assert response.status == 421
+        session = await raw_initialize(http, url)
+        assert session

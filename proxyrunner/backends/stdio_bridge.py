@@ -33,7 +33,7 @@ import itertools
 import json
 import secrets
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -52,8 +52,10 @@ from proxyrunner.proxy.protocol import (
     SESSION_NOT_FOUND,
     parse_json,
 )
+from proxyrunner.proxy.rebinding import RebindingGuard
 
 JsonMessage = dict[str, Any]
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Mode = Literal["json", "stream", "legacy"]
 
 SERVER_GONE: Final = BACKEND_UNAVAILABLE
@@ -223,7 +225,17 @@ class StdioBridge:
         return len(self._pending)
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self._max_body)
+        # Loopback on a random port, but a page doing DNS rebinding could scan for it.
+        guard = RebindingGuard("127.0.0.1", check_origin=False)
+
+        @web.middleware
+        async def local_only(request: web.Request, handler: _Handler) -> web.StreamResponse:
+            refused = guard.refusal(request.headers.get("Host"), None)
+            if refused is not None:
+                return _error_response(refused[0], None, INVALID_REQUEST, refused[1])
+            return await handler(request)
+
+        app = web.Application(client_max_size=self._max_body, middlewares=[local_only])
         app.router.add_get("/", self._probe)
         app.router.add_post("/mcp", self._post)
         app.router.add_get("/mcp", self._get)

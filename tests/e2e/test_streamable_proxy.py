@@ -478,3 +478,26 @@ async def test_embedded_default_serves_two_demo_backends_and_drains(tmp_path: Pa
         assert seen == {"local-0", "local-1"}
     finally:
         assert await asyncio.to_thread(proc.stop, 20) == 0
+
+
+async def test_a_dns_rebinding_page_cannot_reach_a_proxy_on_loopback(
+    start_backend: StartBackend, start_proxy: StartProxy
+) -> None:
+    backend = start_backend("alpha")
+    proxy = start_proxy({"name": "demo", "remote_url": backend.url, "allowed_hosts": ["mcp.local"]})
+    attempts = [
+        ({"Host": "evil.example.com"}, 421),
+        ({"Origin": "http://evil.example.com"}, 403),
+        ({"Origin": "http://localhost:3000"}, 200),  # a local web app
+        ({"Host": "mcp.local:8080"}, 200),  # named in allowed_hosts
+    ]
+    async with aiohttp.ClientSession() as http:
+        for extra, expected in attempts:
+            async with http.post(
+                proxy.url, json=INIT, headers={**MCP_HEADERS, **extra}
+            ) as response:
+                assert response.status == expected, extra
+                if expected != 200:
+                    assert (await response.json())["error"]["code"] == -32600
+        async with http.get(f"{proxy.base}/health", headers={"Host": "10.1.2.3"}) as response:
+            assert response.status == 200  # probes address the pod by IP: not guarded
