@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import resource
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -45,6 +46,23 @@ _CLOSE_RESERVE: Final = 2.0
 _CANCEL_GRACE: Final = 0.5
 _DRAIN_POLL: Final = 0.02
 _RECONNECT_HINT_MS: Final = 500
+
+
+def raise_open_file_limit() -> tuple[int, int]:
+    """Lift the soft limit on open files to the hard one; returns (before, after).
+
+    Every client stream holds two sockets (client and backend). Container runtimes often
+    start processes with a soft limit of 1024 under a far higher hard one, which would
+    cap a replica at a few hundred streams, after which accept() fails with EMFILE.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft >= hard:
+        return soft, soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):
+        return soft, soft
+    return soft, hard
 
 
 def _backend_client(config: RunConfig) -> aiohttp.ClientSession:
@@ -120,7 +138,10 @@ class ProxyProcess:
             )
             await runner.setup()
             await self._listen(runner)
-            self.log.info("starting", **describe(config))
+            before, after = raise_open_file_limit()
+            self.log.info("starting", open_files_limit=after, **describe(config))
+            if before != after:
+                self.log.debug("open files limit raised", soft_before=before, soft=after)
             if not await self._until_stop(store.start(), "session store"):
                 return self._exit_code()
             if not await self._until_stop(directory.start(), "backends"):
