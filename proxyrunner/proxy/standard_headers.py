@@ -34,6 +34,7 @@ METHOD_HEADER: Final = "Mcp-Method"
 NAME_HEADER: Final = "Mcp-Name"
 VERSION_HEADER: Final = "MCP-Protocol-Version"
 VERSION_META_KEY: Final = "io.modelcontextprotocol/protocolVersion"
+_VERSION_META_KEY_BYTES: Final = VERSION_META_KEY.encode()
 
 # The body field each name-bearing method mirrors into Mcp-Name.
 NAME_FIELDS: Final[Mapping[str, str]] = {
@@ -95,7 +96,7 @@ def declared(protocol_version: str | None, body: bytes) -> bool:
     MCP-Protocol-Version header or (header missing) in its body's ``_meta``."""
     if protocol_version is not None:
         return applies_to(protocol_version)
-    return VERSION_META_KEY.encode() in body
+    return _VERSION_META_KEY_BYTES in body
 
 
 def check(headers: CIMultiDictProxy[str], message: Any) -> None:
