@@ -18,7 +18,7 @@ import aiohttp
 from mcp import Client
 
 from tests.conftest import StartBackend, StartProxy
-from tests.e2e.test_stdio import DEMO_STDIO
+from tests.e2e.test_stdio import DEMO_STDIO, call
 from tests.e2e.test_streamable_proxy import MCP_HEADERS, raw_initialize, tool_text
 from tests.procs import Proxy
 from tests.raw_backend import RawBackend, ok_response, read_message
@@ -150,16 +150,10 @@ async def test_earlier_revisions_do_not_define_the_headers_and_pass_them_through
     proxy = start_proxy(DEMO_STDIO)
     async with aiohttp.ClientSession() as http:
         session_id = await raw_initialize(http, proxy.url)
-        message = {
-            "jsonrpc": "2.0",
-            "id": 5,
-            "method": "tools/call",
-            "params": {"name": "echo", "arguments": {"text": "old"}},
-        }
         status, body = await post(
             http,
             proxy.url,
-            message,
+            call(5, "echo", {"text": "old"}),
             **{
                 "Mcp-Session-Id": session_id,
                 "MCP-Protocol-Version": "2025-06-18",
