@@ -33,7 +33,7 @@ import itertools
 import json
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -52,10 +52,9 @@ from proxyrunner.proxy.protocol import (
     SESSION_NOT_FOUND,
     parse_json,
 )
-from proxyrunner.proxy.rebinding import RebindingGuard
+from proxyrunner.proxy.rebinding import RebindingGuard, guarded
 
 JsonMessage = dict[str, Any]
-_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Mode = Literal["json", "stream", "legacy"]
 
 SERVER_GONE: Final = BACKEND_UNAVAILABLE
@@ -75,13 +74,20 @@ def _dumps(message: object) -> bytes:
     return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def _error(message_id: Any, code: int, text: str) -> JsonMessage:
-    return {"jsonrpc": "2.0", "id": message_id, "error": {"code": code, "message": text}}
+def _error(message_id: Any, code: int, text: str, data: Any = None) -> JsonMessage:
+    error: dict[str, Any] = {"code": code, "message": text}
+    if data is not None:
+        error["data"] = data
+    return {"jsonrpc": "2.0", "id": message_id, "error": error}
 
 
-def _error_response(status: int, message_id: Any, code: int, text: str) -> web.Response:
+def _error_response(
+    status: int, message_id: Any, code: int, text: str, data: Any = None
+) -> web.Response:
     return web.Response(
-        status=status, body=_dumps(_error(message_id, code, text)), content_type="application/json"
+        status=status,
+        body=_dumps(_error(message_id, code, text, data)),
+        content_type="application/json",
     )
 
 
@@ -91,9 +97,8 @@ def _modern_revision(request: web.Request, messages: list[JsonMessage]) -> str |
     if header is not None:
         return header if standard_headers.applies_to(header) else None
     for message in messages:
-        params = message.get("params")
-        meta = params.get("_meta") if isinstance(params, dict) else None
-        if isinstance(meta, dict):
+        meta = standard_headers.envelope(message)
+        if meta is not None:
             claimed = meta.get(standard_headers.VERSION_META_KEY)
             if isinstance(claimed, str) and standard_headers.applies_to(claimed):
                 return claimed
@@ -226,23 +231,15 @@ class StdioBridge:
 
     def app(self) -> web.Application:
         # Loopback on a random port, but a page doing DNS rebinding could scan for it.
-        guard = RebindingGuard("127.0.0.1", check_origin=False)
-
-        @web.middleware
-        async def local_only(request: web.Request, handler: _Handler) -> web.StreamResponse:
-            refused = guard.refusal(request.headers.get("Host"), None)
-            if refused is not None:
-                return _error_response(refused[0], None, INVALID_REQUEST, refused[1])
-            return await handler(request)
-
-        app = web.Application(client_max_size=self._max_body, middlewares=[local_only])
-        app.router.add_get("/", self._probe)
-        app.router.add_post("/mcp", self._post)
-        app.router.add_get("/mcp", self._get)
-        app.router.add_delete("/mcp", self._delete)
-        app.router.add_get("/sse", self._legacy_stream)
-        app.router.add_post("/messages", self._legacy_message)
-        app.router.add_post("/messages/", self._legacy_message)
+        local = functools.partial(guarded, RebindingGuard("127.0.0.1", check_origin=False))
+        app = web.Application(client_max_size=self._max_body)
+        app.router.add_get("/", local(self._probe))
+        app.router.add_post("/mcp", local(self._post))
+        app.router.add_get("/mcp", local(self._get))
+        app.router.add_delete("/mcp", local(self._delete))
+        app.router.add_get("/sse", local(self._legacy_stream))
+        app.router.add_post("/messages", local(self._legacy_message))
+        app.router.add_post("/messages/", local(self._legacy_message))
         return app
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -525,10 +522,13 @@ class StdioBridge:
             # session of an earlier revision (most clients) would fail until it restarts.
             # So it is kept in the handshake era; "unsupported version" with the versions
             # it speaks is what makes a negotiating client fall back to initialize.
-            first = messages[0].get("id") if len(messages) == 1 else None
-            error = _error(first, UNSUPPORTED_PROTOCOL_VERSION, "Unsupported protocol version")
-            error["error"]["data"] = {"supported": list(HANDSHAKE_REVISIONS), "requested": revision}
-            return web.Response(status=400, body=_dumps(error), content_type="application/json")
+            return _error_response(
+                400,
+                messages[0].get("id") if len(messages) == 1 else None,
+                UNSUPPORTED_PROTOCOL_VERSION,
+                "Unsupported protocol version",
+                {"supported": list(HANDSHAKE_REVISIONS), "requested": revision},
+            )
         if any(m.get("method") == "initialize" for m in messages):
             if batch:
                 return _error_response(

@@ -21,17 +21,27 @@ Origin, which the proxy has judged already.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Final
 
+from aiohttp import web
 from yarl import URL
+
+from proxyrunner.proxy.protocol import INVALID_REQUEST, error_response
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _CACHE_LIMIT: Final = 256
 
 
+def _normalized(host: str) -> str:
+    """Host names compare without case and without a trailing root dot."""
+    return host.lower().rstrip(".")
+
+
 def is_loopback(host: str) -> bool:
     """Whether a hostname or address (no port; IPv6 without brackets) is loopback."""
-    name = host.strip("[]").lower().rstrip(".")
+    name = _normalized(host.strip("[]"))
     if name == "localhost" or name.endswith(".localhost"):
         return True
     try:
@@ -40,13 +50,13 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _hostname(authority: str) -> str | None:
-    """The hostname of a Host header value (``name``, ``name:port``, ``[v6]:port``)."""
+def _hostname(url: str) -> str | None:
+    """The hostname of a URL (an Origin), or None if it has none."""
     try:
-        host = URL(f"http://{authority}").host
+        host = URL(url).host
     except ValueError:
         return None
-    return host.lower().rstrip(".") if host else None
+    return _normalized(host) if host else None
 
 
 class RebindingGuard:
@@ -55,10 +65,10 @@ class RebindingGuard:
     def __init__(
         self, listen_host: str, allowed_hosts: Iterable[str] = (), *, check_origin: bool = True
     ) -> None:
-        allowed = {h.lower().rstrip(".") for h in allowed_hosts}
+        allowed = {_normalized(h) for h in allowed_hosts}
         self._check_origin = check_origin
-        self.active = "*" not in allowed and (bool(allowed) or is_loopback(listen_host))
         self._loopback_ok = is_loopback(listen_host)
+        self.active = "*" not in allowed and (bool(allowed) or self._loopback_ok)
         self._allowed = allowed
         # Clients send the same few Host and Origin values over and over: remember verdicts.
         self._verdicts: dict[tuple[str | None, str | None], tuple[int, str] | None] = {}
@@ -82,13 +92,25 @@ class RebindingGuard:
         return verdict
 
     def _judge(self, host: str | None, origin: str | None) -> tuple[int, str] | None:
-        if host is not None and not self._allows(_hostname(host)):
+        # A Host header is an authority (name, name:port, [v6]:port): read it as a URL's.
+        if host is not None and not self._allows(_hostname(f"http://{host}")):
             return 421, "the Host header names a host this proxy does not serve"
-        if origin is not None and self._check_origin:
-            try:
-                origin_host = URL(origin).host
-            except ValueError:
-                origin_host = None
-            if not self._allows(origin_host.lower().rstrip(".") if origin_host else None):
-                return 403, "the Origin header names an origin this proxy does not serve"
+        if origin is not None and self._check_origin and not self._allows(_hostname(origin)):
+            return 403, "the Origin header names an origin this proxy does not serve"
         return None
+
+
+def guarded(guard: RebindingGuard, handler: Handler) -> Handler:
+    """``handler``, refusing requests whose Host or Origin a DNS-rebinding page would send."""
+    if not guard.active:
+        return handler
+
+    async def checked(request: web.Request) -> web.StreamResponse:
+        headers = request.headers
+        refused = guard.refusal(headers.get("Host"), headers.get("Origin"))
+        if refused is not None:
+            status, reason = refused
+            return error_response(status, INVALID_REQUEST, reason)
+        return await handler(request)
+
+    return checked

@@ -16,7 +16,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from proxyrunner.proxy.protocol import INVALID_REQUEST, error_response
-from proxyrunner.proxy.rebinding import RebindingGuard
+from proxyrunner.proxy.rebinding import RebindingGuard, guarded
 from proxyrunner.proxy.sse import LegacySSEProxy
 from proxyrunner.proxy.streamable import ProxyParts, StreamableHTTPProxy
 
@@ -98,22 +98,6 @@ def _tracked(parts: ProxyParts, handler: Handler) -> Handler:
     return tracked
 
 
-def _guarded(guard: RebindingGuard, handler: Handler) -> Handler:
-    """Refuse requests whose Host or Origin a DNS-rebinding page would send."""
-    if not guard.active:
-        return handler
-
-    async def guarded(request: web.Request) -> web.StreamResponse:
-        headers = request.headers
-        refused = guard.refusal(headers.get("Host"), headers.get("Origin"))
-        if refused is not None:
-            status, reason = refused
-            return error_response(status, INVALID_REQUEST, reason)
-        return await handler(request)
-
-    return guarded
-
-
 def build_app(parts: ProxyParts, state: ServingState) -> web.Application:
     app = web.Application(
         client_max_size=parts.config.max_request_body,
@@ -127,12 +111,12 @@ def build_app(parts: ProxyParts, state: ServingState) -> web.Application:
         # A legacy SSE backend is served to clients as what it is (and a stdio one as
         # legacy SSE when proxy_mode asks for it).
         legacy = LegacySSEProxy(parts)
-        app.router.add_get("/sse", _guarded(guard, _tracked(parts, legacy.stream)))
-        message = _guarded(guard, _tracked(parts, legacy.message))
+        app.router.add_get("/sse", guarded(guard, _tracked(parts, legacy.stream)))
+        message = guarded(guard, _tracked(parts, legacy.message))
         app.router.add_post("/messages", message)
         app.router.add_post("/messages/", message)
     else:
-        handle = _guarded(guard, _tracked(parts, StreamableHTTPProxy(parts).handle))
+        handle = guarded(guard, _tracked(parts, StreamableHTTPProxy(parts).handle))
         for method in ("POST", "GET", "DELETE"):
             app.router.add_route(method, "/mcp", handle)
         for method in ("PUT", "PATCH"):

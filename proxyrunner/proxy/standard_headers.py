@@ -99,6 +99,14 @@ def declared(protocol_version: str | None, body: bytes) -> bool:
     return _VERSION_META_KEY_BYTES in body
 
 
+def envelope(message: Any) -> dict[str, Any] | None:
+    """The ``params._meta`` object of a JSON-RPC message (2026-07-28 carries the revision
+    there), if it has one."""
+    params = message.get("params") if isinstance(message, dict) else None
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    return meta if isinstance(meta, dict) else None
+
+
 def check(headers: CIMultiDictProxy[str], message: Any) -> None:
     """Raise HeaderMismatch when the standard headers do not mirror ``message``.
 
@@ -112,8 +120,8 @@ def check(headers: CIMultiDictProxy[str], message: Any) -> None:
         return
     version = _single(headers, VERSION_HEADER)
     params = message.get("params")
-    meta = params.get("_meta") if isinstance(params, dict) else None
-    if isinstance(meta, dict) and VERSION_META_KEY in meta and meta[VERSION_META_KEY] != version:
+    meta = envelope(message)
+    if meta is not None and VERSION_META_KEY in meta and meta[VERSION_META_KEY] != version:
         raise HeaderMismatch(
             f"{VERSION_HEADER} header is missing or does not match the body's protocol version "
             f"(params._meta {VERSION_META_KEY!r})"
