@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from proxyrunner.proxy.rebinding import RebindingGuard, is_loopback
+from proxyrunner.hosts import is_loopback
+from proxyrunner.proxy.rebinding import RebindingGuard
 
 LOOPBACK = ["127.0.0.1", "127.1.2.3", "::1", "[::1]", "localhost", "a.localhost"]
 ELSEWHERE = ["0.0.0.0", "10.0.0.1", "example.com", "localhost.example.com", ""]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import socket
@@ -29,7 +30,7 @@ from proxyrunner.backends.stdio_bridge import StdioBridge
 from proxyrunner.config import RunConfig
 from proxyrunner.errors import StartupError
 from proxyrunner.metrics import Metrics
-from proxyrunner.tasks import BackgroundTasks
+from proxyrunner.tasks import Supervisor
 
 _PROBE_INTERVAL: Final = 2.0
 _PROBE_INTERVAL_NOT_READY: Final = 0.1
@@ -80,7 +81,7 @@ class LocalBackendDirectory:
         self._metrics = metrics
         self._log = log
         self._client = client
-        self._tasks = BackgroundTasks(log)
+        self._tasks = Supervisor(log)
         self._children = bool(config.cmd_args)
         path = "/sse" if config.served_protocol == "sse" else "/mcp"
         if config.remote_url is not None:
@@ -129,8 +130,8 @@ class LocalBackendDirectory:
             if slot.bridge is not None:
                 await slot.bridge.start(self._config.target_host, slot.url.port or 0)
             if self._children:
-                self._tasks.spawn(self._supervise(slot), f"child {slot.name}")
-            self._tasks.spawn(self._probe(slot), f"probe {slot.name}")
+                self._tasks.spawn(f"child {slot.name}", functools.partial(self._supervise, slot))
+            self._tasks.spawn(f"probe {slot.name}", functools.partial(self._probe, slot))
         deadline = time.monotonic() + self._config.backend_start_timeout
         while not any(slot.ready for slot in self._slots):
             if self._children and all(slot.exits for slot in self._slots):
@@ -152,7 +153,7 @@ class LocalBackendDirectory:
                     await self._changed.wait()
 
     async def close(self) -> None:
-        await self._tasks.cancel_all()
+        await self._tasks.close()
         await asyncio.gather(*(self._stop_child(slot) for slot in self._slots))
         for slot in self._slots:
             if slot.bridge is not None:

@@ -33,7 +33,7 @@ from proxyrunner.kube.apply import WorkloadApplier
 from proxyrunner.kube.attach import open_attach
 from proxyrunner.kube.configmap import default_namespace
 from proxyrunner.metrics import Metrics
-from proxyrunner.tasks import BackgroundTasks
+from proxyrunner.tasks import Supervisor
 
 Resolver = Callable[[str, str, int], URL]
 """(pod name, pod IP, port) -> the pod's MCP endpoint URL."""
@@ -141,7 +141,7 @@ class KubernetesBackendDirectory:
         self._bridge_tasks: dict[str, asyncio.Task[None]] = {}
         self._port = workload.target_port(config)
         self._backends: dict[str, Backend] = {}
-        self._tasks = BackgroundTasks(self._log)
+        self._tasks = Supervisor(self._log)
         self.applier = WorkloadApplier(api, config, self._ns, metrics, self._log)
         if config.transport == "stdio" and (config.backend_replicas or 0) > 1:
             self._log.warning("stdio transport: backend_replicas capped at 1")
@@ -153,11 +153,11 @@ class KubernetesBackendDirectory:
         await self.applier.apply_all()
         await self.applier.wait_ready(self._config.statefulset_ready_timeout)
         await self._list_pods()
-        self._tasks.spawn(self._watch_pods(), "watch backend pods")
-        self._tasks.spawn(self._watch_statefulset(), "watch backend statefulset")
+        self._tasks.spawn("watch backend pods", self._watch_pods)
+        self._tasks.spawn("watch backend statefulset", self._watch_statefulset)
 
     async def close(self) -> None:
-        await self._tasks.cancel_all()
+        await self._tasks.close()
         for name in list(self._bridge_tasks):
             await self._detach(name)
 

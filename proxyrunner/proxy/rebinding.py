@@ -20,34 +20,19 @@ Origin, which the proxy has judged already.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Final
 
 from aiohttp import web
 from yarl import URL
 
+from proxyrunner.hosts import is_loopback
+from proxyrunner.hosts import normalized as _normalized
 from proxyrunner.proxy.protocol import INVALID_REQUEST, error_response
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _CACHE_LIMIT: Final = 256
-
-
-def _normalized(host: str) -> str:
-    """Host names compare without case and without a trailing root dot."""
-    return host.lower().rstrip(".")
-
-
-def is_loopback(host: str) -> bool:
-    """Whether a hostname or address (no port; IPv6 without brackets) is loopback."""
-    name = _normalized(host.strip("[]"))
-    if name == "localhost" or name.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 def _hostname(url: str) -> str | None:

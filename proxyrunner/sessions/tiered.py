@@ -49,7 +49,7 @@ from proxyrunner.errors import StartupError, StoreUnavailable
 from proxyrunner.metrics import Metrics
 from proxyrunner.sessions.record import SessionRecord, could_be_session_id
 from proxyrunner.sessions.store import StoreHealth
-from proxyrunner.tasks import BackgroundTasks
+from proxyrunner.tasks import Supervisor
 
 # Small timeouts: a slow Redis must never stall requests for long.
 _SOCKET_TIMEOUT: Final = 0.5
@@ -103,7 +103,7 @@ class TieredSessionStore:
         self._up = False
         self._last_error = "not connected yet"
         self._next_refresh = time.monotonic() + self._touch_interval
-        self._tasks = BackgroundTasks(self._log)
+        self._tasks = Supervisor(self._log)
         self._rebind: Any = None
         self._run_id: str | None = None
         self._subscribed = asyncio.Event()
@@ -143,8 +143,8 @@ class TieredSessionStore:
                 error=self._last_error,
             )
         self._rebind = self._redis.register_script(_REBIND_SCRIPT)
-        self._tasks.spawn(self._flush_loop(), "redis-flush")
-        self._tasks.spawn(self._listen_loop(), "redis-invalidations")
+        self._tasks.spawn("redis-flush", self._flush_loop)
+        self._tasks.spawn("redis-invalidations", self._listen_loop)
         if self._up:
             # Serve only once invalidations reach us: a session cached before the
             # subscription is live could miss a delete made on another replica.
@@ -153,7 +153,7 @@ class TieredSessionStore:
                     await self._subscribed.wait()
 
     async def close(self) -> None:
-        await self._tasks.cancel_all()
+        await self._tasks.close()
         if self._up:
             with contextlib.suppress(StoreUnavailable):
                 await self._flush()
