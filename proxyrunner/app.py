@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import resource
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
@@ -33,19 +34,20 @@ from proxyrunner.errors import StartupError
 from proxyrunner.lifecycle import StopSignals
 from proxyrunner.logging import get_logger
 from proxyrunner.metrics import Metrics
-from proxyrunner.proxy.server import ServingState, build_app
-from proxyrunner.proxy.streamable import ProxyParts
-from proxyrunner.proxy.streams import StreamRegistry
+from proxyrunner.proxy.forward import Forwarder
+from proxyrunner.proxy.parts import ProxyParts
+from proxyrunner.proxy.server import build_app
 from proxyrunner.proxy.upstream import UpstreamPool
 from proxyrunner.sessions.factory import build_store
-from proxyrunner.sessions.store import SessionStore
+from proxyrunner.traffic import Traffic
 
 # Time kept back from drain_timeout for cancelling leftovers and closing clients and
-# child processes.
+# child processes: the waiting for work ends this long before the one deadline.
 _CLOSE_RESERVE: Final = 2.0
 _CANCEL_GRACE: Final = 0.5
-_DRAIN_POLL: Final = 0.02
 _RECONNECT_HINT_MS: Final = 500
+# Closing with no drain before it (a failed start, a forced stop) gets this long.
+_CLOSE_WITHOUT_DRAIN: Final = 5.0
 
 
 def raise_open_file_limit() -> tuple[int, int]:
@@ -110,26 +112,29 @@ class ProxyProcess:
         self.log = get_logger().bind(server=config.name)
         self.metrics = Metrics()
         self.signals = StopSignals(self.log)
-        self.state = ServingState()
-        self.streams = StreamRegistry()
+        self.traffic = Traffic()
         self._deadline = float("inf")
+        """Loop time by which everything has ended once a drain started."""
 
     async def run(self) -> int:
         config = self.config
         self.signals.install()
-        client = _backend_client(config)
-        # The hot path's pooled client: same keep-alive and connect bounds as the session.
-        upstream = UpstreamPool(keepalive_timeout=30.0, connect_timeout=5.0)
-        store: SessionStore | None = None
-        directory: BackendDirectory | None = None
-        runner: web.AppRunner | None = None
+        closers = Closers(self.log)
         try:
+            client = _backend_client(config)
+            closers.push("http client", client.close)
+            # The hot path's pooled client: same keep-alive and connect bounds as the session.
+            pool = UpstreamPool(keepalive_timeout=30.0, connect_timeout=5.0)
+            closers.push("pooled http client", pool.close)
             store = build_store(config, self._secrets, self.metrics, self.log)
+            closers.push("session store", store.close)
             directory = _build_directory(config, self.metrics, self.log, client, self._kube_api)
+            closers.push("backends", directory.close)
+            forwarder = Forwarder(client, pool, config.backend_timeout, config.max_request_body)
             parts = ProxyParts(
-                config, store, directory, self.metrics, client, self.streams, self.log, upstream
+                config, store, directory, self.metrics, self.traffic, forwarder, self.log
             )
-            app = build_app(parts, self.state)
+            app = build_app(parts)
             app.on_shutdown.append(self._finish_work)
             # The waiting happens in _finish_work; aiohttp's own wait only has to cancel
             # what outlived the drain deadline.
@@ -137,6 +142,7 @@ class ProxyProcess:
                 app, handle_signals=False, access_log=None, shutdown_timeout=_CANCEL_GRACE
             )
             await runner.setup()
+            closers.push("listener", functools.partial(_close_listener, runner))
             await self._listen(runner)
             before, after = raise_open_file_limit()
             self.log.info("starting", open_files_limit=after, **describe(config))
@@ -148,11 +154,12 @@ class ProxyProcess:
                 return self._exit_code()
             self.log.info("ready", backends=directory.describe(), store=store.health().reason)
             await self.signals.stop_requested.wait()
-            if await self._drain(runner):
-                runner = None  # cleaned up by the drain
+            await self._drain(runner)
             return self._exit_code()
         finally:
-            await self._release(runner, directory, store, client, upstream)
+            if self._deadline == float("inf"):
+                self._deadline = asyncio.get_running_loop().time() + _CLOSE_WITHOUT_DRAIN
+            await closers.close_all(self._deadline)
             self.signals.uninstall()
 
     def _exit_code(self) -> int:
@@ -196,35 +203,42 @@ class ProxyProcess:
         Listen streams stay open while other work finishes because a client whose listen
         stream cannot reconnect may give up its whole session, results in flight included.
         """
-        traffic = self.streams
-        await self._wait_for(lambda: traffic.inflight <= traffic.open, "requests")
-        traffic.close_all(_RECONNECT_HINT_MS)
-        await self._wait_for(lambda: traffic.inflight == 0, "streams")
+        traffic = self.traffic
+        await self._until_deadline(traffic.wait_work_done(), "requests")
+        traffic.close_streams(_RECONNECT_HINT_MS)
+        await self._until_deadline(traffic.wait_idle(), "streams")
 
-    async def _wait_for(self, done: Callable[[], bool], what: str) -> None:
+    async def _until_deadline(self, waiting: Awaitable[None], what: str) -> None:
+        """Wait until done, the work deadline, or a forced stop, whichever comes first."""
+        work = asyncio.ensure_future(waiting)
+        force = asyncio.ensure_future(self.signals.force_requested.wait())
         loop = asyncio.get_running_loop()
-        while not done() and not self.signals.force_requested.is_set():
-            if loop.time() >= self._deadline:
-                self.log.warning("drain deadline reached", waiting_for=what)
-                return
-            await asyncio.sleep(_DRAIN_POLL)
+        try:
+            timeout = max(0.0, self._deadline - _CLOSE_RESERVE - loop.time())
+            await asyncio.wait({work, force}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            force.cancel()
+            work.cancel()
+        timed_out = not work.done() or work.cancelled()
+        if timed_out and not self.signals.force_requested.is_set():
+            self.log.warning("drain deadline reached", waiting_for=what)
 
-    async def _drain(self, runner: web.AppRunner) -> bool:
-        """The graceful drain; True when it cleaned the runner up, False when a second
-        signal cut it short (the caller then releases everything at once)."""
+    async def _drain(self, runner: web.AppRunner) -> None:
+        """The graceful drain. The runner is cleaned up here (listener closed, work
+        finished or cancelled); a second signal cuts it short."""
         config = self.config
         loop = asyncio.get_running_loop()
         started = loop.time()
-        self._deadline = started + config.drain_timeout - _CLOSE_RESERVE
-        self.state.draining = True
+        self._deadline = started + config.drain_timeout
+        self.traffic.draining = True
         self.log.info(
             "draining",
             drain_delay=config.drain_delay,
             drain_timeout=config.drain_timeout,
-            inflight=self.streams.inflight,
+            inflight=self.traffic.inflight,
         )
         if await self.signals.wait_or_force(config.drain_delay):
-            return False
+            return
         cleanup = asyncio.ensure_future(runner.cleanup())
         force = asyncio.ensure_future(self.signals.force_requested.wait())
         await asyncio.wait({cleanup, force}, return_when=asyncio.FIRST_COMPLETED)
@@ -233,34 +247,41 @@ class ProxyProcess:
             cleanup.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await cleanup
-            return False
+            return
         cleanup.result()
         self.log.info(
             "drained",
             seconds=round(loop.time() - started, 3),
-            cancelled=self.streams.cancelled,
+            cancelled=self.traffic.cancelled,
         )
-        return True
 
-    async def _release(
-        self,
-        runner: web.AppRunner | None,
-        directory: BackendDirectory | None,
-        store: SessionStore | None,
-        client: aiohttp.ClientSession,
-        upstream: UpstreamPool,
-    ) -> None:
-        if runner is not None:
-            await runner.cleanup()
-        for name, closer in (
-            ("backends", directory.close if directory else None),
-            ("session store", store.close if store else None),
-            ("http client", client.close),
-            ("pooled http client", upstream.close),
-        ):
-            if closer is None:
-                continue
+
+async def _close_listener(runner: web.AppRunner) -> None:
+    if runner.server is not None:  # not cleaned up by a drain already
+        await runner.cleanup()
+
+
+class Closers:
+    """What the process opened, closed once each, in reverse order, under one deadline.
+
+    Each closer gets the time left until the deadline; one that overruns is cancelled
+    (a backend directory then kills what it started) and the next one still runs.
+    """
+
+    def __init__(self, log: structlog.stdlib.BoundLogger) -> None:
+        self._log = log
+        self._stack: list[tuple[str, Callable[[], Awaitable[object]]]] = []
+
+    def push(self, name: str, close: Callable[[], Awaitable[object]]) -> None:
+        self._stack.append((name, close))
+
+    async def close_all(self, deadline: float) -> None:
+        while self._stack:
+            name, close = self._stack.pop()
             try:
-                await closer()
+                async with asyncio.timeout_at(deadline):
+                    await close()
+            except TimeoutError:
+                self._log.warning("close deadline reached", part=name)
             except Exception:
-                self.log.exception("error while closing", part=name)
+                self._log.exception("error while closing", part=name)

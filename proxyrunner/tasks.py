@@ -9,6 +9,8 @@ net for everything else:
 - ``restart`` (the default): log the exception with its traceback, wait with backoff,
   and run the loop again. A loop that returns normally is finished.
 - ``fatal``: log it and call ``on_fatal``: the process cannot go on without this loop.
+- ``once``: log it and let it end: one-off work (an answer sent in the background) whose
+  failure must be seen but cannot be repeated.
 
 ``close()`` cancels and awaits every task, so nothing outlives its owner.
 """
@@ -25,7 +27,7 @@ import structlog
 
 from proxyrunner.backoff import Backoff
 
-Policy = Literal["restart", "fatal"]
+Policy = Literal["restart", "fatal", "once"]
 Work = Callable[[], Awaitable[None]]
 OnFatal = Callable[[str, BaseException], None]
 
@@ -107,6 +109,9 @@ class Supervisor:
                     self._log.error("background task failed; stopping", task=name, exc_info=exc)
                     assert self._on_fatal is not None
                     self._on_fatal(name, exc)
+                    return
+                if policy == "once":
+                    self._log.error("background task failed", task=name, exc_info=exc)
                     return
                 delay = backoff.next_delay()
                 self._log.error(

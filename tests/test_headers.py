@@ -1,30 +1,43 @@
-"""Header rewriting: hop-by-hop and framing headers never cross, whatever their case."""
+"""The one header policy: hop-by-hop and framing headers never cross, whatever their case,
+and both renderings (the pooled client's bytes, ClientSession's multidict) agree."""
 
 from __future__ import annotations
 
+import pytest
 from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
 
-from proxyrunner.proxy.headers import backend_request_headers, client_response_headers
+from proxyrunner.proxy.headers import ForwardedHeaders, client_response_headers
+
+CLIENT_HEADERS = {
+    "host": "proxy.example",
+    "content-length": "12",
+    "connection": "keep-alive, x-hop",
+    "x-hop": "1",
+    "mcp-session-id": "proxy-owned",
+    "traceparent": "00-abc-def-01",
+    "Accept": "application/json, text/event-stream",
+    "x-forwarded-for": "10.0.0.9",
+}
+
+
+def forwarded() -> ForwardedHeaders:
+    request = make_mocked_request("POST", "/mcp", headers=CIMultiDict(CLIENT_HEADERS))
+    return ForwardedHeaders(request, "backend-owned")
+
+
+def parse_head(head: bytes) -> CIMultiDict[str]:
+    lines = head.decode().split("\r\n")
+    assert lines[-2:] == ["", ""], "the head ends in a blank line"
+    out: CIMultiDict[str] = CIMultiDict()
+    for line in lines[1:-2]:
+        name, _, value = line.partition(": ")
+        out.add(name, value)
+    return out
 
 
 def test_request_headers_drop_hop_by_hop_and_framing_in_any_case() -> None:
-    request = make_mocked_request(
-        "POST",
-        "/mcp",
-        headers=CIMultiDict(
-            {
-                "host": "proxy.example",
-                "content-length": "12",
-                "connection": "keep-alive, x-hop",
-                "x-hop": "1",
-                "mcp-session-id": "proxy-owned",
-                "traceparent": "00-abc-def-01",
-                "Accept": "application/json, text/event-stream",
-            }
-        ),
-    )
-    out = backend_request_headers(request, "backend-owned")
+    out = forwarded().multidict()
     assert "Host" not in out
     assert "Content-Length" not in out
     assert "Connection" not in out
@@ -32,7 +45,28 @@ def test_request_headers_drop_hop_by_hop_and_framing_in_any_case() -> None:
     assert out.getall("Mcp-Session-Id") == ["backend-owned"]
     assert out["traceparent"] == "00-abc-def-01"
     assert out["X-Forwarded-Host"] == "proxy.example"
+    assert out["X-Forwarded-For"].startswith("10.0.0.9, ")
     assert out["Accept"] == "application/json, text/event-stream"
+
+
+def test_both_renderings_send_the_same_headers() -> None:
+    headers = forwarded()
+    as_multidict = headers.multidict()
+    as_bytes = parse_head(headers.head(b"POST /mcp HTTP/1.1\r\nHost: backend:80\r\n", 12))
+    # The pooled client sets what ClientSession sets for an in-memory body: Host, the
+    # length and a default Content-Type.
+    assert as_bytes.popall("Host") == ["backend:80"]
+    assert as_bytes.popall("Content-Length") == ["12"]
+    assert as_bytes.popall("Content-Type") == ["application/octet-stream"]
+    assert sorted((k.lower(), v) for k, v in as_bytes.items()) == sorted(
+        (k.lower(), v) for k, v in as_multidict.items()
+    )
+
+
+def test_a_backend_session_id_with_a_line_break_is_refused() -> None:
+    request = make_mocked_request("POST", "/mcp", headers=CIMultiDict(CLIENT_HEADERS))
+    with pytest.raises(ValueError, match="line break"):
+        ForwardedHeaders(request, "evil\r\nX-Injected: 1")
 
 
 def test_response_headers_carry_only_the_proxy_session_id() -> None:

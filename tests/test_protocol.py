@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from proxyrunner.proxy.protocol import parse_initialize, peek_method
+from proxyrunner.mcp.jsonrpc import peek_method
+from proxyrunner.mcp.revisions import parse_initialize
 
 
 @pytest.mark.parametrize(

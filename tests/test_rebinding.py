@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 
 from proxyrunner.hosts import is_loopback
-from proxyrunner.proxy.rebinding import RebindingGuard
+from proxyrunner.mcp.rebinding import RebindingRule
 
 LOOPBACK = ["127.0.0.1", "127.1.2.3", "::1", "[::1]", "localhost", "a.localhost"]
 ELSEWHERE = ["0.0.0.0", "10.0.0.1", "example.com", "localhost.example.com", ""]
 
 
-def status(guard: RebindingGuard, host: str | None, origin: str | None = None) -> int | None:
+def status(guard: RebindingRule, host: str | None, origin: str | None = None) -> int | None:
     refused = guard.refusal(host, origin)
     return None if refused is None else refused[0]
 
@@ -27,7 +27,7 @@ def test_other_names_are_not_loopback(host: str) -> None:
 
 
 def test_on_loopback_only_loopback_hosts_and_origins_pass() -> None:
-    guard = RebindingGuard("127.0.0.1")
+    guard = RebindingRule("127.0.0.1")
     assert guard.active
     for host in ("127.0.0.1:8080", "localhost:8080", "[::1]:8080", "LOCALHOST", None):
         assert status(guard, host) is None
@@ -44,15 +44,15 @@ def test_on_loopback_only_loopback_hosts_and_origins_pass() -> None:
 
 
 def test_verdicts_are_remembered_without_changing_them() -> None:
-    guard = RebindingGuard("127.0.0.1")
+    guard = RebindingRule("127.0.0.1")
     for _ in range(3):
         assert status(guard, "127.0.0.1:8080") is None
         assert status(guard, "evil.example.com") == 421
 
 
 def test_on_other_addresses_the_check_is_off_unless_hosts_are_named() -> None:
-    assert not RebindingGuard("0.0.0.0").active
-    named = RebindingGuard("0.0.0.0", ["mcp.internal"])
+    assert not RebindingRule("0.0.0.0").active
+    named = RebindingRule("0.0.0.0", ["mcp.internal"])
     assert named.active
     assert status(named, "mcp.internal:8080", "https://MCP.internal") is None
     assert status(named, "localhost:8080") == 421
@@ -60,13 +60,13 @@ def test_on_other_addresses_the_check_is_off_unless_hosts_are_named() -> None:
 
 
 def test_allowed_hosts_extend_loopback_and_a_star_turns_the_check_off() -> None:
-    extended = RebindingGuard("127.0.0.1", ["mcp.local"])
+    extended = RebindingRule("127.0.0.1", ["mcp.local"])
     assert status(extended, "mcp.local") is None
     assert status(extended, "localhost") is None
-    assert not RebindingGuard("127.0.0.1", ["*"]).active
+    assert not RebindingRule("127.0.0.1", ["*"]).active
 
 
 def test_the_bridge_guard_ignores_origin() -> None:
-    bridge = RebindingGuard("127.0.0.1", check_origin=False)
+    bridge = RebindingRule("127.0.0.1", check_origin=False)
     assert status(bridge, "127.0.0.1:4000", "https://app.example.com") is None
     assert status(bridge, "evil.example.com:4000") == 421

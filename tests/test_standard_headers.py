@@ -7,13 +7,8 @@ from typing import Any
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from proxyrunner.proxy.standard_headers import (
-    HeaderMismatch,
-    applies_to,
-    check,
-    declared,
-    decode_value,
-)
+from proxyrunner.mcp.revisions import has_standard_headers, may_claim_standard_headers
+from proxyrunner.mcp.standard_headers import HeaderMismatch, check, decode_value
 
 META = {
     "io.modelcontextprotocol/protocolVersion": "2026-07-28",
@@ -36,17 +31,17 @@ def headers(*pairs: tuple[str, str]) -> CIMultiDictProxy[str]:
 
 
 def test_only_revisions_from_2026_07_28_on_carry_standard_headers() -> None:
-    assert applies_to("2026-07-28")
-    assert applies_to("2027-03-01")  # a later revision keeps the rule
-    assert not applies_to("2025-11-25")
-    assert not applies_to(None)
-    assert not applies_to("latest")
+    assert has_standard_headers("2026-07-28")
+    assert has_standard_headers("2027-03-01")  # a later revision keeps the rule
+    assert not has_standard_headers("2025-11-25")
+    assert not has_standard_headers(None)
+    assert not has_standard_headers("latest")
 
 
 def test_a_body_envelope_declares_the_revision_when_the_header_is_missing() -> None:
-    assert declared(None, b'{"params":{"_meta":{"io.modelcontextprotocol/protocolVersion":1}}}')
-    assert not declared(None, b'{"method":"tools/list"}')
-    assert not declared("2025-06-18", b'{"io.modelcontextprotocol/protocolVersion":1}')
+    assert may_claim_standard_headers(None, b'{"params":{"_meta":{"io.modelcontextprotocol/protocolVersion":1}}}')
+    assert not may_claim_standard_headers(None, b'{"method":"tools/list"}')
+    assert not may_claim_standard_headers("2025-06-18", b'{"io.modelcontextprotocol/protocolVersion":1}')
 
 
 def test_headers_that_mirror_the_body_pass() -> None:

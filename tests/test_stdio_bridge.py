@@ -15,7 +15,7 @@ import aiohttp
 import structlog
 
 from proxyrunner.backends.channel import MAX_LINE, ProcessChannel
-from proxyrunner.backends.stdio_bridge import StdioBridge
+from proxyrunner.backends.stdio import StdioBridge
 from tests.e2e.test_stdio import call as tool_call
 from tests.e2e.test_streamable_proxy import INIT, MCP_HEADERS, raw_initialize
 from tests.procs import eventually

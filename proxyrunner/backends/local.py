@@ -26,7 +26,8 @@ from yarl import URL
 
 from proxyrunner.backends.channel import MAX_LINE, ProcessChannel, StderrTail
 from proxyrunner.backends.directory import Backend
-from proxyrunner.backends.stdio_bridge import StdioBridge
+from proxyrunner.backends.stdio import StdioBridge
+from proxyrunner.backoff import Backoff
 from proxyrunner.config import RunConfig
 from proxyrunner.errors import StartupError
 from proxyrunner.metrics import Metrics
@@ -188,25 +189,24 @@ class LocalBackendDirectory:
             await asyncio.sleep(_PROBE_INTERVAL if slot.ready else _PROBE_INTERVAL_NOT_READY)
 
     async def _supervise(self, slot: _Slot) -> None:
-        backoff = _BACKOFF_FIRST
+        backoff = Backoff(first=_BACKOFF_FIRST, maximum=_BACKOFF_MAX, reset_after=_STABLE_AFTER)
         while True:
             started = time.monotonic()
             await self._run_child(slot)
             slot.exits += 1
             self._update(slot, False)
             code = slot.process.returncode if slot.process else None
-            if time.monotonic() - started > _STABLE_AFTER:
-                backoff = _BACKOFF_FIRST
+            backoff.ran_for(time.monotonic() - started)
+            delay = backoff.next_delay()
             self._log.warning(
                 "backend process exited; restarting",
                 backend=slot.name,
                 exit_code=code,
-                restart_in=backoff,
+                restart_in=round(delay, 3),
                 last_output=list(slot.output.lines)[-3:],
             )
             self._changed.set()
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, _BACKOFF_MAX)
+            await asyncio.sleep(delay)
 
     async def _run_child(self, slot: _Slot) -> None:
         config = self._config
@@ -257,6 +257,8 @@ class LocalBackendDirectory:
             slot.output.add(raw, log)
 
     async def _stop_child(self, slot: _Slot) -> None:
+        """SIGTERM, a grace period, SIGKILL. The caller's closing deadline may cut the
+        grace short (this is cancelled): the child is killed all the same."""
         process = slot.process
         if process is None or process.returncode is not None:
             return
@@ -266,6 +268,9 @@ class LocalBackendDirectory:
             async with asyncio.timeout(_STOP_GRACE):
                 await process.wait()
         except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            await process.wait()
+            pass
+        finally:
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()

@@ -25,7 +25,7 @@ from yarl import URL
 
 from proxyrunner.backends.channel import MessageChannel
 from proxyrunner.backends.directory import Backend
-from proxyrunner.backends.stdio_bridge import StdioBridge
+from proxyrunner.backends.stdio import StdioBridge
 from proxyrunner.config import RunConfig
 from proxyrunner.errors import ConfigError
 from proxyrunner.kube import workload

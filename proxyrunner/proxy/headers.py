@@ -1,8 +1,14 @@
-"""Header rewriting between client and backend.
+"""The one header policy between client and backend.
 
 Hop-by-hop headers belong to one connection and never cross the proxy (RFC 9110 7.6.1),
-nor do the framing headers aiohttp recomputes. The session header is rewritten in both
-directions so that a client only ever sees the proxy's id and a backend only its own.
+nor do the framing headers the outgoing message recomputes. The session header is
+rewritten in both directions so that a client only ever sees the proxy's id and a backend
+only its own, and the proxy adds the ``X-Forwarded-*`` headers.
+
+``ForwardedHeaders`` decides that once per request; the forwarding path renders the
+decision for whichever client sends the request: serialized bytes for the pooled client,
+a multidict for ``aiohttp.ClientSession``. Both renderings drop the same names and add
+the same values (a test compares what a backend receives either way).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from proxyrunner.proxy.protocol import SESSION_HEADER
+from proxyrunner.mcp.revisions import SESSION_HEADER
 
 _HOP_BY_HOP: Final = (
     "Connection",
@@ -27,7 +33,7 @@ _HOP_BY_HOP: Final = (
     "Transfer-Encoding",
     "Upgrade",
 )
-# Recomputed by aiohttp for the outgoing message, or set by us.
+# Recomputed for the outgoing message, or set by the proxy.
 _REQUEST_DROP: Final = (
     *_HOP_BY_HOP,
     "Host",
@@ -38,17 +44,84 @@ _REQUEST_DROP: Final = (
     "X-Forwarded-Host",
 )
 _RESPONSE_DROP: Final = (*_HOP_BY_HOP, "Content-Length", SESSION_HEADER, "Server", "Date")
-# The same names as raw lowercase bytes, for backend_request_head.
 _REQUEST_DROP_RAW: Final = frozenset(name.lower().encode() for name in _REQUEST_DROP)
 # What ClientSession adds when the request lacks them (Accept), so that a backend sees the
-# same request whichever client path sent it. Never Accept-Encoding: the proxy relays
-# bodies as encoded, so a client that did not ask for gzip must not get it.
+# same request whichever client sent it. Never Accept-Encoding: the proxy relays bodies as
+# encoded, so a client that did not ask for gzip must not get it.
 _AUTO_HEADERS: Final = tuple(
     (str(name), str(name).lower().encode(), f"{name}: {value}\r\n".encode())
     for name, value in aiohttp.ClientRequest.DEFAULT_HEADERS.items()
     if str(name).lower() != "accept-encoding"
 )
 _DEFAULT_CONTENT_TYPE: Final = b"Content-Type: application/octet-stream\r\n"
+
+
+class ForwardedHeaders:
+    """A client request's headers as its backend must see them."""
+
+    __slots__ = ("_added", "_connection_tokens", "_request")
+
+    def __init__(self, request: web.Request, backend_session_id: str | None) -> None:
+        incoming = request.headers
+        self._request = request
+        connection = incoming.get("Connection")
+        # The Connection header may name further hop-by-hop headers.
+        self._connection_tokens = (
+            tuple(token.strip() for token in connection.split(",")) if connection else ()
+        )
+        if backend_session_id is not None and (
+            "\r" in backend_session_id or "\n" in backend_session_id
+        ):
+            raise ValueError("backend session id contains a line break")
+        peer = request.remote or ""
+        prior = incoming.get("X-Forwarded-For")
+        added = [
+            ("X-Forwarded-For", f"{prior}, {peer}" if prior else peer),
+            ("X-Forwarded-Proto", incoming.get("X-Forwarded-Proto", request.scheme)),
+            ("X-Forwarded-Host", incoming.get("X-Forwarded-Host", request.host)),
+        ]
+        if backend_session_id is not None:
+            added.insert(0, (SESSION_HEADER, backend_session_id))
+        self._added = added
+
+    def multidict(self) -> CIMultiDict[str]:
+        """For ClientSession, which adds its own framing and defaults."""
+        out = _without(self._request.headers, _REQUEST_DROP)
+        for token in self._connection_tokens:
+            out.popall(token, None)
+        for name, value in self._added:
+            out[name] = value
+        return out
+
+    def head(self, start: bytes, body_length: int) -> bytes:
+        """For the pooled client: ``start`` (request line and Host), these headers, what
+        ClientSession would add for an in-memory body, and the blank line.
+
+        Built from the raw header bytes the client sent, so nothing is decoded, copied into
+        a multidict and encoded again; those bytes were validated by the server's parser.
+        """
+        drop = _REQUEST_DROP_RAW
+        if self._connection_tokens:
+            drop = drop | {token.lower().encode() for token in self._connection_tokens}
+        parts = [start]
+        append = parts.append
+        for raw_name, raw_value in self._request.raw_headers:
+            if raw_name.lower() not in drop:
+                append(raw_name + b": " + raw_value + b"\r\n")
+        append(
+            "".join(f"{name}: {value}\r\n" for name, value in self._added).encode(
+                "utf-8", "surrogateescape"
+            )
+        )
+        incoming = self._request.headers
+        for name, lowered, line in _AUTO_HEADERS:
+            if name not in incoming or lowered in drop:
+                append(line)
+        append(b"Content-Length: %d\r\n" % body_length)
+        if "Content-Type" not in incoming or b"content-type" in drop:
+            append(_DEFAULT_CONTENT_TYPE)
+        append(b"\r\n")
+        return b"".join(parts)
 
 
 def _without(
@@ -64,27 +137,6 @@ def _without(
     return out
 
 
-def backend_request_headers(
-    request: web.Request, backend_session_id: str | None
-) -> CIMultiDict[str]:
-    """Client headers as the backend should see them."""
-    incoming = request.headers
-    out = _without(incoming, _REQUEST_DROP)
-    # The Connection header may name further hop-by-hop headers.
-    connection = incoming.get("Connection")
-    if connection:
-        for token in connection.split(","):
-            out.popall(token.strip(), None)
-    if backend_session_id is not None:
-        out[SESSION_HEADER] = backend_session_id
-    peer = request.remote or ""
-    prior = incoming.get("X-Forwarded-For")
-    out["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
-    out["X-Forwarded-Proto"] = incoming.get("X-Forwarded-Proto", request.scheme)
-    out["X-Forwarded-Host"] = incoming.get("X-Forwarded-Host", request.host)
-    return out
-
-
 def client_response_headers(
     backend_headers: CIMultiDictProxy[str] | Mapping[str, str], client_session_id: str | None
 ) -> CIMultiDict[str]:
@@ -93,49 +145,3 @@ def client_response_headers(
     if client_session_id is not None:
         out[SESSION_HEADER] = client_session_id
     return out
-
-
-def backend_request_head(
-    request: web.Request, backend_session_id: str | None, start: bytes, body_length: int
-) -> bytes:
-    """The serialized head of the backend request for the pooled client: ``start`` (the
-    request line and Host), then the same headers as ``backend_request_headers`` plus
-    what ClientSession would add for an in-memory body, ending in the blank line.
-
-    Built from the raw header bytes the client sent, so nothing is decoded, copied into
-    a multidict and encoded again. Those bytes were validated by the server's parser;
-    the one value that is not from this request, the backend session id, is checked.
-    """
-    incoming = request.headers
-    drop = _REQUEST_DROP_RAW
-    connection = incoming.get("Connection")
-    if connection:
-        # The Connection header may name further hop-by-hop headers.
-        drop = drop | {token.strip().lower().encode() for token in connection.split(",")}
-    parts = [start]
-    append = parts.append
-    for raw_name, raw_value in request.raw_headers:
-        if raw_name.lower() not in drop:
-            append(raw_name + b": " + raw_value + b"\r\n")
-    if backend_session_id is not None:
-        if "\r" in backend_session_id or "\n" in backend_session_id:
-            raise ValueError("backend session id contains a line break")
-        append(f"{SESSION_HEADER}: {backend_session_id}\r\n".encode())
-    peer = request.remote or ""
-    prior = incoming.get("X-Forwarded-For")
-    proto = incoming.get("X-Forwarded-Proto", request.scheme)
-    host = incoming.get("X-Forwarded-Host", request.host)
-    append(
-        f"X-Forwarded-For: {f'{prior}, {peer}' if prior else peer}\r\n"
-        f"X-Forwarded-Proto: {proto}\r\nX-Forwarded-Host: {host}\r\n".encode(
-            "utf-8", "surrogateescape"
-        )
-    )
-    for name, lowered, line in _AUTO_HEADERS:
-        if name not in incoming or lowered in drop:
-            append(line)
-    append(b"Content-Length: %d\r\n" % body_length)
-    if "Content-Type" not in incoming or b"content-type" in drop:
-        append(_DEFAULT_CONTENT_TYPE)
-    append(b"\r\n")
-    return b"".join(parts)

@@ -1,37 +1,47 @@
-"""The aiohttp application: MCP routes and the operational endpoints.
+"""The aiohttp application: the request pipeline on the MCP routes, and the operational
+endpoints.
 
 /health answers from process state only (liveness must not depend on a backend or Redis,
 or a backend outage would restart every proxy); /readyz says whether this replica should
-get new traffic, with the reasons when it should not.
+get new traffic, with the reasons when it should not. Neither passes the pipeline: probes
+address the pod by IP, and nothing there reaches a backend.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Awaitable, Callable
 from typing import Final
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from proxyrunner.proxy.protocol import INVALID_REQUEST, error_response
-from proxyrunner.proxy.rebinding import RebindingGuard, guarded
-from proxyrunner.proxy.sse import LegacySSEProxy
-from proxyrunner.proxy.streamable import ProxyParts, StreamableHTTPProxy
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class ServingState:
-    """Whether this replica takes new traffic. Set by the lifecycle, read by /readyz."""
-
-    def __init__(self) -> None:
-        self.draining = False
-
+from proxyrunner.http_answers import error_response
+from proxyrunner.mcp import jsonrpc
+from proxyrunner.mcp.rebinding import RebindingRule
+from proxyrunner.proxy.legacy import LegacySSE
+from proxyrunner.proxy.parts import ProxyParts
+from proxyrunner.proxy.pipeline import Stage, compose
+from proxyrunner.proxy.relay import Relay
+from proxyrunner.proxy.routing import Router
+from proxyrunner.proxy.stages.body import BodyLimits
+from proxyrunner.proxy.stages.rebinding import RebindingGuard
+from proxyrunner.proxy.stages.standard_headers import StandardHeaderCheck
+from proxyrunner.proxy.streamable import StreamableHTTP
 
 PARTS_KEY: Final = web.AppKey("proxy_parts", ProxyParts)
-STATE_KEY: Final = web.AppKey("serving_state", ServingState)
+
+
+def stages(parts: ProxyParts) -> list[Stage]:
+    """The ordered stages every MCP request passes before it is routed. A stage that is
+    off is not in the list. New stages (authentication, authorization, audit, telemetry)
+    go between the header check and routing."""
+    config = parts.config
+    rule = RebindingRule(config.host, config.allowed_hosts)
+    return [
+        *([RebindingGuard(rule)] if rule.active else []),  # 421 / 403
+        BodyLimits(config.max_request_body),  # 413, 400; the body read once
+        StandardHeaderCheck(parts.log),  # 2026-07-28: 400 / -32020
+    ]
 
 
 def _json(status: int, doc: dict[str, object]) -> web.Response:
@@ -45,7 +55,7 @@ async def _health(request: web.Request) -> web.Response:
 async def _ready(request: web.Request) -> web.Response:
     parts = request.app[PARTS_KEY]
     reasons: list[str] = []
-    if request.app[STATE_KEY].draining:
+    if parts.traffic.draining:
         reasons.append("draining: the process is shutting down")
     if not parts.directory.ready_backends():
         reasons.append(f"no backend ready ({parts.directory.describe()})")
@@ -67,7 +77,7 @@ async def _ready(request: web.Request) -> web.Response:
 async def _method_not_allowed(request: web.Request) -> web.Response:
     return error_response(
         405,
-        INVALID_REQUEST,
+        jsonrpc.INVALID_REQUEST,
         f"{request.method} is not part of MCP's streamable HTTP transport",
         headers={"Allow": "GET, POST, DELETE"},
     )
@@ -80,45 +90,33 @@ async def _metrics(request: web.Request) -> web.Response:
     return response
 
 
-def _tracked(parts: ProxyParts, handler: Handler) -> Handler:
-    """Count the request as in flight, so that drain knows when the work is done."""
-    traffic = parts.streams
-
-    async def tracked(request: web.Request) -> web.StreamResponse:
-        traffic.inflight += 1
-        try:
-            return await handler(request)
-        except asyncio.CancelledError:
-            if traffic.closing:
-                traffic.cancelled += 1
-            raise
-        finally:
-            traffic.inflight -= 1
-
-    return tracked
-
-
-def build_app(parts: ProxyParts, state: ServingState) -> web.Application:
+def build_app(parts: ProxyParts) -> web.Application:
+    config = parts.config
     app = web.Application(
-        client_max_size=parts.config.max_request_body,
+        client_max_size=config.max_request_body,
         handler_args={"max_field_size": 16 * 1024},
     )
     app[PARTS_KEY] = parts
-    app[STATE_KEY] = state
-    parts.metrics.inflight.set_function(lambda: parts.streams.inflight)
-    guard = RebindingGuard(parts.config.host, parts.config.allowed_hosts)
-    if parts.config.served_protocol == "sse":
+    traffic = parts.traffic
+    parts.metrics.inflight.set_function(lambda: traffic.inflight)
+    parts.metrics.streams_open.set_function(lambda: traffic.streams)
+    router = Router(parts.directory, parts.store)
+    relay = Relay(traffic, parts.log)
+    if config.served_protocol == "sse":
         # A legacy SSE backend is served to clients as what it is (and a stdio one as
         # legacy SSE when proxy_mode asks for it).
-        legacy = LegacySSEProxy(parts)
-        app.router.add_get("/sse", guarded(guard, _tracked(parts, legacy.stream)))
-        message = guarded(guard, _tracked(parts, legacy.message))
-        app.router.add_post("/messages", message)
-        app.router.add_post("/messages/", message)
+        legacy = compose(
+            stages(parts), LegacySSE(parts, router, relay).handle, traffic, parts.metrics
+        )
+        app.router.add_get("/sse", legacy)
+        app.router.add_post("/messages", legacy)
+        app.router.add_post("/messages/", legacy)
     else:
-        handle = guarded(guard, _tracked(parts, StreamableHTTPProxy(parts).handle))
+        mcp = compose(
+            stages(parts), StreamableHTTP(parts, router, relay).handle, traffic, parts.metrics
+        )
         for method in ("POST", "GET", "DELETE"):
-            app.router.add_route(method, "/mcp", handle)
+            app.router.add_route(method, "/mcp", mcp)
         for method in ("PUT", "PATCH"):
             app.router.add_route(method, "/mcp", _method_not_allowed)
     app.router.add_get("/health", _health)

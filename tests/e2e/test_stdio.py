@@ -17,7 +17,7 @@ import pytest
 from mcp import Client, types
 from mcp.client.sse import sse_client
 
-from proxyrunner.backends.stdio_bridge import HANDSHAKE_REVISIONS
+from proxyrunner.mcp.revisions import HANDSHAKE_REVISIONS
 from tests.conftest import StartProxy
 from tests.e2e.test_streamable_proxy import (
     EVERYTHING,

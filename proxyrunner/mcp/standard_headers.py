@@ -27,14 +27,15 @@ import re
 from collections.abc import Mapping
 from typing import Any, Final
 
-from multidict import CIMultiDictProxy
+from multidict import MultiMapping
 
-FIRST_REVISION: Final = "2026-07-28"
-METHOD_HEADER: Final = "Mcp-Method"
-NAME_HEADER: Final = "Mcp-Name"
-VERSION_HEADER: Final = "MCP-Protocol-Version"
-VERSION_META_KEY: Final = "io.modelcontextprotocol/protocolVersion"
-_VERSION_META_KEY_BYTES: Final = VERSION_META_KEY.encode()
+from proxyrunner.mcp.revisions import (
+    METHOD_HEADER,
+    NAME_HEADER,
+    PROTOCOL_VERSION_HEADER,
+    VERSION_META_KEY,
+    envelope,
+)
 
 # The body field each name-bearing method mirrors into Mcp-Name.
 NAME_FIELDS: Final[Mapping[str, str]] = {
@@ -43,28 +44,12 @@ NAME_FIELDS: Final[Mapping[str, str]] = {
     "resources/read": "uri",
 }
 
-_REVISION: Final = re.compile(r"\d{4}-\d{2}-\d{2}")
 _BASE64_VALUE: Final = re.compile(r"=\?base64\?(?P<payload>.*)\?=", re.DOTALL)
 _PLAIN_VALUE: Final = re.compile(r"[\x20-\x7e]*")
 
 
 class HeaderMismatch(ValueError):
     """A standard header is missing, malformed, or says something the body does not."""
-
-
-def applies_to(protocol_version: str | None) -> bool:
-    """Whether a request of this revision must carry the standard headers.
-
-    Revisions are dates, so any later revision (one the proxy has never heard of) is
-    held to the same rule; a value that is not a revision is left to the backend.
-    """
-    # The string comparison first: it is what turns away every earlier revision, on the
-    # hot path, without a regex.
-    return (
-        protocol_version is not None
-        and protocol_version >= FIRST_REVISION
-        and _REVISION.fullmatch(protocol_version) is not None
-    )
 
 
 def decode_value(header: str, raw: str) -> str:
@@ -84,30 +69,14 @@ def decode_value(header: str, raw: str) -> str:
         raise HeaderMismatch(f"{header} header is not valid base64-encoded UTF-8") from exc
 
 
-def _single(headers: CIMultiDictProxy[str], name: str) -> str | None:
+def _single(headers: MultiMapping[str], name: str) -> str | None:
     values = headers.getall(name, ())
     if len(values) > 1:
         raise HeaderMismatch(f"{name} header appears more than once")
     return values[0] if values else None
 
 
-def declared(protocol_version: str | None, body: bytes) -> bool:
-    """Whether the request claims a revision with standard headers, in its
-    MCP-Protocol-Version header or (header missing) in its body's ``_meta``."""
-    if protocol_version is not None:
-        return applies_to(protocol_version)
-    return _VERSION_META_KEY_BYTES in body
-
-
-def envelope(message: Any) -> dict[str, Any] | None:
-    """The ``params._meta`` object of a JSON-RPC message (2026-07-28 carries the revision
-    there), if it has one."""
-    params = message.get("params") if isinstance(message, dict) else None
-    meta = params.get("_meta") if isinstance(params, dict) else None
-    return meta if isinstance(meta, dict) else None
-
-
-def check(headers: CIMultiDictProxy[str], message: Any) -> None:
+def check(headers: MultiMapping[str], message: Any) -> None:
     """Raise HeaderMismatch when the standard headers do not mirror ``message``.
 
     ``message`` is the decoded body. Anything other than one JSON-RPC request or
@@ -118,13 +87,13 @@ def check(headers: CIMultiDictProxy[str], message: Any) -> None:
     method = message.get("method")
     if not isinstance(method, str):
         return
-    version = _single(headers, VERSION_HEADER)
+    version = _single(headers, PROTOCOL_VERSION_HEADER)
     params = message.get("params")
     meta = envelope(message)
     if meta is not None and VERSION_META_KEY in meta and meta[VERSION_META_KEY] != version:
         raise HeaderMismatch(
-            f"{VERSION_HEADER} header is missing or does not match the body's protocol version "
-            f"(params._meta {VERSION_META_KEY!r})"
+            f"{PROTOCOL_VERSION_HEADER} header is missing or does not match the body's "
+            f"protocol version (params._meta {VERSION_META_KEY!r})"
         )
     if _single(headers, METHOD_HEADER) != method:
         raise HeaderMismatch(f"{METHOD_HEADER} header is missing or does not match the method")

@@ -1,0 +1,174 @@
+"""The one forwarding path: every request the proxy sends to a backend goes through here.
+
+It owns three decisions, so that no transport makes them differently:
+
+- **Which client.** A client's POST with its body in memory, to a plain ``http://``
+  backend, without a query string, goes over the pooled client (``upstream``): the hot
+  path. Everything else (streamed bodies, GET streams, DELETE, TLS backends, query
+  strings, the proxy's own requests) goes over the process's ``aiohttp.ClientSession``.
+- **The deadline.** The backend must send its response headers within
+  ``backend_timeout``, on every path, legacy SSE included; an answer the proxy reads
+  whole (``fetch``) must be complete by then.
+- **The errors.** Library errors become the typed ``BackendFailure`` subclasses, which
+  know their HTTP status, JSON-RPC code and metric label.
+
+Headers follow the one policy in ``headers``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+import aiohttp
+from multidict import CIMultiDictProxy
+from yarl import URL
+
+from proxyrunner.proxy.deadlines import DeadlineWatch
+from proxyrunner.proxy.errors import (
+    BackendTimeout,
+    BackendUnreachable,
+    BodyTooLarge,
+    ProxyError,
+)
+from proxyrunner.proxy.headers import ForwardedHeaders
+from proxyrunner.proxy.upstream import BackendResponse, HostKey, UpstreamPool
+
+Body = bytes | aiohttp.StreamReader | None
+
+# Backend URLs whose pooled-client target was worked out; reset past this many (pods come
+# and go, each with its own URL).
+_TARGET_CACHE_LIMIT: Final = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class _PooledTarget:
+    """A plain-http backend endpoint as the pooled client addresses it."""
+
+    key: HostKey
+    start: bytes
+    """``POST <path> HTTP/1.1`` and the Host header, serialized."""
+
+
+def _pooled_target(url: URL) -> _PooledTarget | None:
+    host = url.raw_host
+    port = url.port
+    authority = url.host_port_subcomponent  # the Host header ClientSession would send
+    if url.scheme != "http" or host is None or port is None or authority is None:
+        return None
+    if url.raw_query_string or url.raw_fragment:
+        return None
+    start = f"POST {url.raw_path} HTTP/1.1\r\nHost: {authority}\r\n".encode("ascii")
+    return _PooledTarget((host, port), start)
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """An answer read whole."""
+
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+
+
+class Forwarder:
+    def __init__(
+        self,
+        client: aiohttp.ClientSession,
+        pool: UpstreamPool,
+        timeout: float,
+        max_body: int,
+    ) -> None:
+        self._client = client
+        self._pool = pool
+        self.timeout = timeout
+        self._max_body = max_body
+        self._deadlines = DeadlineWatch()
+        self._targets: dict[URL, _PooledTarget | None] = {}
+
+    async def send(
+        self,
+        method: str,
+        url: URL,
+        headers: ForwardedHeaders,
+        body: Body,
+        *,
+        backend: str,
+        query: str = "",
+    ) -> BackendResponse:
+        """Forward a client's request; returns once the response headers arrived. The
+        caller relays the body and releases the response."""
+        try:
+            if type(body) is bytes and method == "POST" and not query:
+                target = self._target(url)
+                if target is not None:
+                    head = headers.head(target.start, len(body))
+                    async with self._deadlines.limit(self.timeout):
+                        return await self._pool.send(target.key, head, body)
+            data: object = self._stream(body) if isinstance(body, aiohttp.StreamReader) else body
+            async with self._deadlines.limit(self.timeout):
+                return await self._client.request(
+                    method,
+                    url.with_query(query) if query else url,
+                    data=data,
+                    headers=headers.multidict(),
+                    allow_redirects=False,
+                )
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise self._failure(exc, backend) from exc
+
+    async def fetch(
+        self,
+        method: str,
+        url: URL,
+        headers: ForwardedHeaders | Mapping[str, str],
+        body: bytes | None,
+        *,
+        backend: str,
+    ) -> Fetched:
+        """Send a request whose answer the proxy reads whole (the proxy's own requests, a
+        legacy message POST): headers and body both within the deadline."""
+        sent = headers.multidict() if isinstance(headers, ForwardedHeaders) else headers
+        try:
+            async with (
+                self._deadlines.limit(self.timeout),
+                self._client.request(
+                    method, url, data=body, headers=sent, allow_redirects=False
+                ) as response,
+            ):
+                return Fetched(response.status, response.headers, await response.read())
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise self._failure(exc, backend) from exc
+
+    def _failure(self, exc: BaseException, backend: str) -> ProxyError:
+        if isinstance(exc, TimeoutError):
+            return BackendTimeout(f"backend {backend} did not answer within {self.timeout:g}s")
+        if isinstance(exc, BodyTooLarge) or isinstance(exc.__cause__, BodyTooLarge):
+            # A streamed body crossed the limit on its way through: the client's fault,
+            # answered as such (413), not counted as a backend failure.
+            return BodyTooLarge(f"Request body larger than the limit of {self._max_body} bytes")
+        return BackendUnreachable(f"backend {backend} unreachable ({exc.__class__.__name__})")
+
+    def _stream(self, reader: aiohttp.StreamReader) -> aiohttp.payload.AsyncIterablePayload:
+        limit = self._max_body
+
+        async def chunks() -> object:
+            sent = 0
+            async for chunk in reader.iter_any():
+                sent += len(chunk)
+                if sent > limit:
+                    raise BodyTooLarge("request body too large")
+                yield chunk
+
+        return aiohttp.payload.AsyncIterablePayload(chunks())  # type: ignore[arg-type]
+
+    def _target(self, url: URL) -> _PooledTarget | None:
+        targets = self._targets
+        try:
+            return targets[url]
+        except KeyError:
+            if len(targets) >= _TARGET_CACHE_LIMIT:
+                targets.clear()
+            target = targets[url] = _pooled_target(url)
+            return target

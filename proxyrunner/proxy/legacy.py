@@ -1,0 +1,175 @@
+"""Legacy HTTP+SSE transport (protocol 2024-11-05): GET /sse and POST /messages.
+
+The client holds one event stream; the server names, in the stream's first ``endpoint``
+event, the URL the client must POST its messages to. The proxy rewrites that event: the
+client gets ``/messages?session_id=<proxy id>`` and never the backend's URL. Answers to
+POSTed messages travel back over the stream, so a POST may land on any replica: it is
+routed through the shared store to the backend's message URL, while the replica holding
+the stream relays the answer. Both requests take the one forwarding path, so
+``backend_timeout`` bounds them like any other.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable
+from typing import Final, TypeVar
+
+from aiohttp import web
+from yarl import URL
+
+from proxyrunner.errors import BackendUnavailable, StoreUnavailable
+from proxyrunner.mcp.revisions import LEGACY_SSE_REVISION
+from proxyrunner.proxy.errors import (
+    BackendFailure,
+    BackendMisbehaved,
+    InvalidRequest,
+    ServiceUnavailable,
+    SessionNotFound,
+)
+from proxyrunner.proxy.headers import ForwardedHeaders, client_response_headers
+from proxyrunner.proxy.parts import ProxyParts
+from proxyrunner.proxy.pipeline import Exchange
+from proxyrunner.proxy.relay import Relay
+from proxyrunner.proxy.routing import Router
+from proxyrunner.proxy.upstream import BackendResponse
+from proxyrunner.sessions.record import SessionRecord, new_session_id
+
+# The endpoint event comes first and is short; a backend that sends more before it is
+# not a legacy MCP server.
+_ENDPOINT_EVENT_LIMIT: Final = 64 * 1024
+_SESSION_PARAM: Final = "session_id"
+_T = TypeVar("_T")
+
+
+async def read_endpoint_event(upstream: BackendResponse) -> str:
+    """Read the stream up to the end of its first event; return the endpoint path.
+    BackendMisbehaved if that is not an endpoint event."""
+    buffer = b""
+    while b"\n\n" not in buffer.replace(b"\r\n", b"\n"):
+        chunk = await upstream.content.readany()
+        if not chunk or len(buffer) > _ENDPOINT_EVENT_LIMIT:
+            raise BackendMisbehaved("backend sent no endpoint event")
+        buffer += chunk
+    event, _, rest = buffer.replace(b"\r\n", b"\n").partition(b"\n\n")
+    if rest:
+        # Anything after the first event belongs to later events: keep it for the relay.
+        upstream.content.unread_data(rest)
+    kind, data = "message", []
+    for line in event.decode("utf-8", "replace").split("\n"):
+        field, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if field == "event":
+            kind = value
+        elif field == "data":
+            data.append(value)
+    if kind != "endpoint" or not data:
+        raise BackendMisbehaved("backend sent no endpoint event")
+    return "\n".join(data)
+
+
+class LegacySSE:
+    def __init__(self, parts: ProxyParts, router: Router, relay: Relay) -> None:
+        self._p = parts
+        self._router = router
+        self._relay = relay
+
+    async def handle(self, exchange: Exchange) -> web.StreamResponse:
+        if exchange.request.method == "GET":
+            return await self.stream(exchange)
+        return await self.message(exchange)
+
+    async def stream(self, exchange: Exchange) -> web.StreamResponse:
+        parts = self._p
+        request = exchange.request
+        try:
+            backend = self._router.pick_for_new_session()
+        except BackendUnavailable as exc:
+            raise ServiceUnavailable(str(exc)) from exc
+        upstream = await self._counted(
+            parts.forwarder.send(
+                "GET", backend.url, ForwardedHeaders(request, None), None, backend=backend.name
+            )
+        )
+        record: SessionRecord | None = None
+        try:
+            if upstream.status != 200:
+                return web.Response(status=upstream.status, body=await upstream.read())
+            message_url = backend.url.join(URL(await read_endpoint_event(upstream)))
+            if message_url.origin() != backend.url.origin():
+                # The proxy would POST every client message of the session there, from
+                # inside the cluster network: a server must not be able to point it
+                # elsewhere (the spec has the endpoint on the server's own origin).
+                parts.log.warning(
+                    "backend named a message endpoint on another origin; refused",
+                    backend=backend.name,
+                )
+                raise BackendMisbehaved("backend named a message endpoint on another origin")
+            record = await self._create(backend.name, str(message_url.relative()))
+            own_endpoint = request.url.with_path("/messages").with_query(
+                {_SESSION_PARAM: record.session_id}
+            )
+            prefix = f"event: endpoint\ndata: {own_endpoint.relative()}\n\n".encode()
+            return await self._relay.answer(request, upstream, None, prefix=prefix)
+        finally:
+            upstream.release()
+            if record is not None:
+                # The stream was the session: when it ends, so does the session.
+                try:
+                    await parts.store.delete(record.session_id)
+                except StoreUnavailable:
+                    parts.log.warning("session end not recorded", session=record.session_id)
+
+    async def _create(self, backend: str, message_path: str) -> SessionRecord:
+        now = time.time()
+        record = SessionRecord(
+            session_id=new_session_id(),
+            backend=backend,
+            backend_session_id=message_path,
+            protocol_version=LEGACY_SSE_REVISION,
+            transport="sse",
+            created=now,
+            last_used=now,
+        )
+        try:
+            await self._p.store.create(record)
+        except StoreUnavailable as exc:
+            raise ServiceUnavailable("the session store cannot record sessions") from exc
+        self._p.log.info("session created", session=record.session_id, backend=backend)
+        return record
+
+    async def message(self, exchange: Exchange) -> web.StreamResponse:
+        parts = self._p
+        request = exchange.request
+        session_id = request.query.get(_SESSION_PARAM)
+        if not session_id:
+            raise InvalidRequest(f"missing {_SESSION_PARAM} query parameter")
+        record = await parts.store.get(session_id)
+        if record is None or record.transport != "sse" or record.backend_session_id is None:
+            raise SessionNotFound
+        backend = self._router.backend_of(record)
+        if backend is None:
+            raise SessionNotFound
+        body = exchange.body
+        assert body is None or isinstance(body, bytes), "legacy messages are read whole"
+        answer = await self._counted(
+            parts.forwarder.fetch(
+                "POST",
+                backend.url.join(URL(record.backend_session_id)),
+                ForwardedHeaders(request, None),
+                body,
+                backend=backend.name,
+            )
+        )
+        return web.Response(
+            status=answer.status,
+            body=answer.body,
+            headers=client_response_headers(answer.headers, None),
+        )
+
+    async def _counted(self, sending: Awaitable[_T]) -> _T:
+        try:
+            return await sending
+        except BackendFailure as failure:
+            self._p.metrics.backend_errors.labels(failure.metric).inc()
+            raise

@@ -1,0 +1,143 @@
+"""The ordered request pipeline: every MCP request passes the same stages, in order.
+
+A **stage** is one object with one coroutine::
+
+    async def handle(self, exchange: Exchange, call_next: Next) -> web.StreamResponse
+
+It may read the request (``exchange.request``, the body the body stage read once as
+``exchange.body``, the JSON-RPC message parsed once as ``exchange.message()``), refuse it
+(raise a ``ProxyError``, or return a response without calling ``call_next``), or wrap the
+rest of the pipeline: code before and after ``await call_next(exchange)`` runs around the
+backend call. To see the backend's answer itself (status, headers, and each JSON-RPC
+message of it: a JSON body or every SSE event), a stage registers an ``AnswerWatcher``
+with ``exchange.watch(...)``; answers are parsed for watchers only when one is registered.
+
+``server.py`` composes the list (the README shows it); a stage that is switched off is
+left out of the list, so it costs nothing. The last element is not a stage but the
+router: it hands the exchange to the transport that serves the route.
+
+Around the whole list the pipeline itself counts the request as in flight (drain waits
+for it), labels it by JSON-RPC method in the request metrics, and turns a ``ProxyError``
+raised anywhere into its answer.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final, Protocol
+
+import aiohttp
+from aiohttp import web
+
+from proxyrunner.mcp import jsonrpc
+from proxyrunner.mcp.revisions import PROTOCOL_VERSION_HEADER, SESSION_HEADER, has_standard_headers
+from proxyrunner.metrics import Metrics
+from proxyrunner.proxy.errors import ParseError, ProxyError
+from proxyrunner.traffic import Traffic
+
+Body = bytes | aiohttp.StreamReader | None
+Next = Callable[["Exchange"], Awaitable[web.StreamResponse]]
+
+_UNPARSED: Final = object()
+_DEFAULT_LABELS: Final = {"GET": "GET stream", "DELETE": "DELETE session"}
+
+
+class AnswerWatcher(Protocol):
+    """Sees a backend's answer as it is relayed. Every method is optional in spirit:
+    implement the ones you need as no-ops otherwise."""
+
+    def on_response(self, status: int, headers: Any) -> None: ...
+
+    def on_message(self, message: Any) -> None:
+        """One JSON-RPC message of the answer: the JSON body, or one SSE event's data."""
+
+    def on_end(self, error: BaseException | None) -> None:
+        """The answer is over (``error`` when it ended abnormally)."""
+
+
+class Exchange:
+    """One request on its way through the pipeline, and what stages learned of it."""
+
+    __slots__ = (
+        "_message",
+        "body",
+        "protocol_version",
+        "request",
+        "rpc_method",
+        "session_id",
+        "watchers",
+    )
+
+    def __init__(self, request: web.Request) -> None:
+        self.request = request
+        headers = request.headers
+        self.protocol_version: str | None = headers.get(PROTOCOL_VERSION_HEADER)
+        session_id = headers.get(SESSION_HEADER)
+        if session_id is not None and has_standard_headers(self.protocol_version):
+            # 2026-07-28 has no sessions: there a session header means nothing, and is
+            # ignored rather than looked up (and answered 404).
+            session_id = None
+        self.session_id: str | None = session_id
+        """The client's Mcp-Session-Id, when it names a session."""
+        self.body: Body = None
+        """Set by the body stage: the body in memory, a stream for a large in-session
+        body, or None for a request without one."""
+        self.rpc_method: str = _DEFAULT_LABELS.get(request.method, "unknown")
+        """The JSON-RPC method as a bounded label (for metrics and logs)."""
+        self.watchers: list[AnswerWatcher] = []
+        self._message: Any = _UNPARSED
+
+    def message(self) -> Any:
+        """The body decoded as JSON, parsed at most once; ParseError if it is not JSON.
+        Only for a body in memory (the body stage has run)."""
+        if self._message is _UNPARSED:
+            body = self.body
+            if not isinstance(body, bytes):
+                raise ParseError("Parse error: the body is not available as JSON")
+            try:
+                self._message = jsonrpc.parse_json(body)
+            except ValueError:
+                raise ParseError("Parse error: the body is not JSON") from None
+        return self._message
+
+    def watch(self, watcher: AnswerWatcher) -> None:
+        self.watchers.append(watcher)
+
+
+class Stage(Protocol):
+    name: str
+    """Short and stable: it appears in the README's list and in logs."""
+
+    async def handle(self, exchange: Exchange, call_next: Next) -> web.StreamResponse: ...
+
+
+def compose(
+    stages: Sequence[Stage], route: Next, traffic: Traffic, metrics: Metrics
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """The aiohttp handler that runs ``stages`` in order, then ``route``."""
+    chain = route
+    for stage in reversed(stages):
+        # A partial, not a closure: calling it costs no Python frame of its own.
+        chain = functools.partial(stage.handle, call_next=chain)
+    requests = metrics.requests
+    durations = metrics.request_duration
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        exchange = Exchange(request)
+        response: web.StreamResponse | None = None
+        with traffic.request():
+            try:
+                response = await chain(exchange)
+            except ProxyError as exc:
+                response = exc.response()
+            finally:
+                label = exchange.rpc_method
+                status = response.status if response is not None else 499
+                requests.labels(label, str(status)).inc()
+                durations.labels(label).observe(time.perf_counter() - started)
+        return response
+
+    return handler

@@ -1,0 +1,172 @@
+"""Relaying a backend's answer to the client: JSON whole, everything else as it arrives.
+
+The SSE rule: bytes are written to the client as they arrive (no buffering), and the proxy
+only ever ends a stream between two events, with a ``retry:`` hint, so that a client
+following the spec reconnects (through another replica) without losing an event. Only
+listen streams (a GET) end on drain; a POST answered with SSE carries the result of a
+request in flight and runs to completion like any other request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from typing import Final
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from proxyrunner.mcp import jsonrpc
+from proxyrunner.proxy.errors import BackendClosedEarly
+from proxyrunner.proxy.events import EventReader
+from proxyrunner.proxy.headers import client_response_headers
+from proxyrunner.proxy.pipeline import AnswerWatcher
+from proxyrunner.proxy.upstream import BackendResponse
+from proxyrunner.traffic import Traffic
+
+# JSON answers up to this size are relayed in one write; larger ones stream.
+BUFFERED_RESPONSE_LIMIT: Final = 1024 * 1024
+# How long a draining stream waits for a half-relayed event to complete.
+_EVENT_COMPLETION_GRACE: Final = 2.0
+
+
+class Relay:
+    def __init__(self, traffic: Traffic, log: structlog.stdlib.BoundLogger) -> None:
+        self._traffic = traffic
+        self._log = log
+
+    async def answer(
+        self,
+        request: web.Request,
+        upstream: BackendResponse,
+        client_sid: str | None,
+        watchers: Sequence[AnswerWatcher] = (),
+        *,
+        prefix: bytes = b"",
+    ) -> web.StreamResponse:
+        """Send the backend's answer to the client and release it. ``prefix`` is written
+        before the backend's bytes (the legacy transport's own endpoint event)."""
+        headers = client_response_headers(upstream.headers, client_sid)
+        for watcher in watchers:
+            watcher.on_response(upstream.status, upstream.headers)
+        response: web.StreamResponse | None = None
+        error: BaseException | None = None
+        try:
+            length = upstream.content_length
+            event_stream = upstream.content_type == "text/event-stream"
+            small = length is not None and length <= BUFFERED_RESPONSE_LIMIT
+            if small and not event_stream and not prefix:
+                body = await upstream.read()
+                _watch_json(watchers, body)
+                return web.Response(status=upstream.status, body=body, headers=headers)
+            response = web.StreamResponse(status=upstream.status, headers=headers)
+            await response.prepare(request)
+            if prefix:
+                await response.write(prefix)
+            reader = EventReader() if watchers and event_stream else None
+            if event_stream and request.method == "GET":
+                # A listen stream: the one kind drain ends early (with a retry hint).
+                with self._traffic.listen_stream():
+                    await self._listen(upstream, response, watchers, reader)
+            else:
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
+                    _watch_events(watchers, reader, chunk)
+            await response.write_eof()
+            return response
+        except (aiohttp.ClientError, ConnectionResetError) as exc:
+            # The backend or the client went away mid-body. Once headers are out there is
+            # nothing more to say; before that, the client gets a 502.
+            error = exc
+            self._log.debug("relay ended early", error=exc.__class__.__name__)
+            if response is not None:
+                return response
+            raise BackendClosedEarly("backend closed the response early") from exc
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            upstream.release()
+            for watcher in watchers:
+                watcher.on_end(error)
+
+    async def _listen(
+        self,
+        upstream: BackendResponse,
+        downstream: web.StreamResponse,
+        watchers: Sequence[AnswerWatcher],
+        reader: EventReader | None,
+    ) -> None:
+        """Copy an SSE body until the backend ends it, the client goes away, or the proxy
+        drains (then finish the current event, send ``retry:`` and stop)."""
+        traffic = self._traffic
+        at_boundary = True
+        closing = asyncio.ensure_future(traffic.wait_closing())
+        try:
+            while True:
+                read = asyncio.ensure_future(upstream.content.readany())
+                done, _ = await asyncio.wait({read, closing}, return_when=asyncio.FIRST_COMPLETED)
+                if read not in done:
+                    if not at_boundary:
+                        at_boundary = await self._finish_event(upstream, downstream, read)
+                    else:
+                        read.cancel()
+                    if at_boundary:
+                        await downstream.write(f"retry: {traffic.retry_ms}\n\n".encode())
+                    return
+                chunk = read.result()
+                if not chunk:
+                    return
+                await downstream.write(chunk)
+                _watch_events(watchers, reader, chunk)
+                at_boundary = _ends_event(chunk)
+        finally:
+            closing.cancel()
+
+    async def _finish_event(
+        self,
+        upstream: BackendResponse,
+        downstream: web.StreamResponse,
+        read: asyncio.Future[bytes],
+    ) -> bool:
+        """Draining mid-event: let the half-sent event complete (briefly); True if the
+        stream then stands at an event boundary."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_EVENT_COMPLETION_GRACE):
+                while True:
+                    chunk = await read
+                    if not chunk:
+                        return False
+                    await downstream.write(chunk)
+                    if _ends_event(chunk):
+                        return True
+                    read = asyncio.ensure_future(upstream.content.readany())
+        read.cancel()
+        return False
+
+
+def _ends_event(chunk: bytes) -> bool:
+    return chunk.endswith((b"\n\n", b"\r\n\r\n", b"\r\r"))
+
+
+def _watch_json(watchers: Sequence[AnswerWatcher], body: bytes) -> None:
+    if not watchers or not body:
+        return
+    try:
+        message = jsonrpc.parse_json(body)
+    except ValueError:
+        return
+    for watcher in watchers:
+        watcher.on_message(message)
+
+
+def _watch_events(
+    watchers: Sequence[AnswerWatcher], reader: EventReader | None, chunk: bytes
+) -> None:
+    if reader is None:
+        return
+    for message in reader.feed(chunk):
+        for watcher in watchers:
+            watcher.on_message(message)

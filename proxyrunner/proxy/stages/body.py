@@ -1,0 +1,58 @@
+"""Stage: body limits, and the body read once for every later stage.
+
+A body over ``max_request_body`` gets 413 before it is read. Bodies up to 1 MiB are read
+whole (so a request can be replayed after a transparent re-initialize, and stages can
+parse it); a larger body of a request in a known session streams straight through,
+bounded on the way. A body shorter than its Content-Length is a 400.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Final
+
+import aiohttp
+from aiohttp import web
+
+from proxyrunner.mcp.jsonrpc import peek_method
+from proxyrunner.proxy.errors import BodyIncomplete, BodyTooLarge
+from proxyrunner.proxy.pipeline import Exchange, Next
+
+BUFFERED_BODY_LIMIT: Final = 1024 * 1024
+
+
+class BodyLimits:
+    name = "body limits"
+
+    def __init__(self, max_body: int) -> None:
+        self._max = max_body
+
+    def too_large(self) -> BodyTooLarge:
+        return BodyTooLarge(f"Request body larger than the limit of {self._max} bytes")
+
+    async def handle(self, exchange: Exchange, call_next: Next) -> web.StreamResponse:
+        request = exchange.request
+        if request.method == "POST":
+            body = exchange.body = await self._read(request, exchange.session_id is None)
+            exchange.rpc_method = peek_method(body) if isinstance(body, bytes) else "streamed"
+        return await call_next(exchange)
+
+    async def _read(self, request: web.Request, buffer_all: bool) -> bytes | aiohttp.StreamReader:
+        length = request.content_length
+        if length is not None and length > self._max:
+            raise self.too_large()
+        if not buffer_all and (length is None or length > BUFFERED_BODY_LIMIT):
+            return request.content
+        if length == 0:
+            return b""
+        if length is not None:
+            # Known size (the usual case): one read of exactly that many bytes, which is
+            # cheaper than request.read()'s chunk loop. The size was checked above.
+            try:
+                return await request.content.readexactly(length)
+            except asyncio.IncompleteReadError:
+                raise BodyIncomplete("body shorter than its Content-Length") from None
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise self.too_large() from None

@@ -1,0 +1,38 @@
+"""Stage: the 2026-07-28 standard-header check (the rule is ``mcp.standard_headers``).
+
+A request that claims 2026-07-28 or later (header or ``_meta``) and whose ``Mcp-Method``,
+``Mcp-Name`` or ``MCP-Protocol-Version`` disagree with its body gets 400/-32020 and never
+reaches a backend. Earlier revisions pass without a parse: the claim is judged from the
+header string and a substring test on the raw body.
+"""
+
+from __future__ import annotations
+
+import structlog
+from aiohttp import web
+
+from proxyrunner.mcp import standard_headers
+from proxyrunner.mcp.revisions import may_claim_standard_headers
+from proxyrunner.proxy.errors import HeaderMismatch
+from proxyrunner.proxy.pipeline import Exchange, Next
+
+
+class StandardHeaderCheck:
+    name = "standard-header check"
+
+    def __init__(self, log: structlog.stdlib.BoundLogger) -> None:
+        self._log = log
+
+    async def handle(self, exchange: Exchange, call_next: Next) -> web.StreamResponse:
+        body = exchange.body
+        if isinstance(body, bytes) and may_claim_standard_headers(exchange.protocol_version, body):
+            message = exchange.message()
+            try:
+                standard_headers.check(exchange.request.headers, message)
+            except standard_headers.HeaderMismatch as exc:
+                self._log.info(
+                    "request refused: header mismatch", method=exchange.rpc_method, reason=str(exc)
+                )
+                request_id = message.get("id") if isinstance(message, dict) else None
+                raise HeaderMismatch(str(exc), request_id=request_id) from None
+        return await call_next(exchange)
