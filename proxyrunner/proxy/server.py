@@ -100,14 +100,14 @@ def _tracked(parts: ProxyParts, handler: Handler) -> Handler:
 
 def build_app(parts: ProxyParts, state: ServingState) -> web.Application:
     app = web.Application(
-        client_max_size=parts.config.max_request_body,
+        client_max_size=parts.config.listen.max_request_body,
         handler_args={"max_field_size": 16 * 1024},
     )
     app[PARTS_KEY] = parts
     app[STATE_KEY] = state
     parts.metrics.inflight.set_function(lambda: parts.streams.inflight)
-    guard = RebindingGuard(parts.config.host, parts.config.allowed_hosts)
-    if parts.config.served_protocol == "sse":
+    guard = RebindingGuard(parts.config.listen.host, parts.config.listen.allowed_hosts)
+    if parts.config.backend.served_protocol == "sse":
         # A legacy SSE backend is served to clients as what it is (and a stdio one as
         # legacy SSE when proxy_mode asks for it).
         legacy = LegacySSEProxy(parts)

@@ -155,7 +155,7 @@ class LegacySSEProxy:
                 400, protocol.INVALID_REQUEST, f"missing {_SESSION_PARAM} query parameter"
             )
         length = request.content_length
-        if length is not None and length > parts.config.max_request_body:
+        if length is not None and length > parts.config.listen.max_request_body:
             return protocol.error_response(413, protocol.REQUEST_TOO_LARGE, "body too large")
         try:
             body = await request.read()

@@ -104,8 +104,8 @@ class StreamableHTTPProxy:
     def __init__(self, parts: ProxyParts) -> None:
         self._p = parts
         self._router = Router(parts.directory, parts.store)
-        self._limit = parts.config.max_request_body
-        self._headers_timeout = parts.config.backend_timeout
+        self._limit = parts.config.listen.max_request_body
+        self._headers_timeout = parts.config.backend.timeout
         self._deadlines = DeadlineWatch()
         self._targets: dict[URL, _PooledTarget | None] = {}
 
