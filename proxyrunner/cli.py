@@ -140,19 +140,23 @@ async def _load_from_configmap(reference: str) -> tuple[LoadedConfig, Any]:
         raise
 
 
-async def _read_environment(config: RunConfig, kube_api: Any) -> tuple[Secrets, KubeAccess | None]:
+async def _read_environment(
+    config: RunConfig, kube_api: Any
+) -> tuple[RunConfig, Secrets, KubeAccess | None]:
     """Everything the process takes from outside the RunConfig, read once, here: the
-    Redis password, and for the kubernetes runtime its namespace (the RunConfig's, else
-    the pod's), the pod address map and the API client (opened unless the ConfigMap
-    read opened one already)."""
+    generation override, the Redis password, and for the kubernetes runtime its
+    namespace (the RunConfig's, else the pod's), the pod address map and the API client
+    (opened unless the ConfigMap read opened one already)."""
+    config = apply_env_overrides(config, os.environ)
     secrets = secrets_from_env(os.environ)
     if config.backend.runtime != "kubernetes":
-        return secrets, None
+        return config, secrets, None
     from proxyrunner.kube.client import KubeAccess, open_api_client
 
     namespace = config.kubernetes.namespace or pod_namespace(os.environ)
     address_map = pod_address_map(os.environ)
-    return secrets, KubeAccess(kube_api or await open_api_client(), namespace, address_map)
+    api = kube_api or await open_api_client()
+    return config, secrets, KubeAccess(api, namespace, address_map)
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -170,8 +174,7 @@ async def _run(args: argparse.Namespace) -> int:
     try:
         if loaded.unknown_fields:
             log.debug("ignoring unknown RunConfig fields", fields=list(loaded.unknown_fields))
-        config = _apply_flags(apply_env_overrides(loaded.config, os.environ), args)
-        secrets, kube = await _read_environment(config, kube_api)
+        config, secrets, kube = await _read_environment(_apply_flags(loaded.config, args), kube_api)
         log.info("config loaded", source=loaded.source)
         return await ProxyProcess(config, secrets, kube).run()
     finally:
