@@ -22,7 +22,7 @@ import contextlib
 import functools
 import resource
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Final
 
 import aiohttp
 import structlog
@@ -40,6 +40,9 @@ from proxyrunner.proxy.server import build_app
 from proxyrunner.proxy.upstream import UpstreamPool
 from proxyrunner.sessions.factory import build_store
 from proxyrunner.traffic import Traffic
+
+if TYPE_CHECKING:
+    from proxyrunner.kube.client import KubeAccess
 
 # Time kept back from drain_timeout for cancelling leftovers and closing clients and
 # child processes: the waiting for work ends this long before the one deadline.
@@ -91,12 +94,16 @@ def _build_directory(
     metrics: Metrics,
     log: structlog.stdlib.BoundLogger,
     client: aiohttp.ClientSession,
-    kube_api: Any,
+    kube: KubeAccess | None,
 ) -> BackendDirectory:
-    if config.runtime == "kubernetes":
+    if config.backend.runtime == "kubernetes":
         from proxyrunner.kube.directory import KubernetesBackendDirectory
 
-        return KubernetesBackendDirectory(config, kube_api, metrics, log)
+        if kube is None:
+            raise StartupError("the kubernetes runtime needs Kubernetes API access")
+        return KubernetesBackendDirectory(
+            config, kube.api, metrics, log, kube.namespace, kube.pod_address_map
+        )
     from proxyrunner.backends.local import LocalBackendDirectory
 
     return LocalBackendDirectory(config, metrics, log, client)
@@ -105,10 +112,10 @@ def _build_directory(
 class ProxyProcess:
     """One proxyrunner process: ``await ProxyProcess(...).run()`` returns the exit code."""
 
-    def __init__(self, config: RunConfig, secrets: Secrets, kube_api: Any = None) -> None:
+    def __init__(self, config: RunConfig, secrets: Secrets, kube: KubeAccess | None = None) -> None:
         self.config = config
         self._secrets = secrets
-        self._kube_api = kube_api
+        self._kube = kube
         self.log = get_logger().bind(server=config.name)
         self.metrics = Metrics()
         self.signals = StopSignals(self.log)
@@ -128,9 +135,11 @@ class ProxyProcess:
             closers.push("pooled http client", pool.close)
             store = build_store(config, self._secrets, self.metrics, self.log)
             closers.push("session store", store.close)
-            directory = _build_directory(config, self.metrics, self.log, client, self._kube_api)
+            directory = _build_directory(config, self.metrics, self.log, client, self._kube)
             closers.push("backends", directory.close)
-            forwarder = Forwarder(client, pool, config.backend_timeout, config.max_request_body)
+            forwarder = Forwarder(
+                client, pool, config.backend.timeout, config.listen.max_request_body
+            )
             parts = ProxyParts(
                 config, store, directory, self.metrics, self.traffic, forwarder, self.log
             )
@@ -166,14 +175,13 @@ class ProxyProcess:
         return 1 if self.signals.force_requested.is_set() else 0
 
     async def _listen(self, runner: web.AppRunner) -> None:
-        site = web.TCPSite(
-            runner, self.config.host, self.config.port, reuse_address=True, backlog=1024
-        )
+        listen = self.config.listen
+        site = web.TCPSite(runner, listen.host, listen.port, reuse_address=True, backlog=1024)
         try:
             await site.start()
         except OSError as exc:
             raise StartupError(
-                f"cannot listen on {self.config.host}:{self.config.port}: {exc.strerror or exc}"
+                f"cannot listen on {listen.host}:{listen.port}: {exc.strerror or exc}"
             ) from exc
         for address in runner.addresses:
             host, port = address[0], address[1]
@@ -229,15 +237,15 @@ class ProxyProcess:
         config = self.config
         loop = asyncio.get_running_loop()
         started = loop.time()
-        self._deadline = started + config.drain_timeout
+        self._deadline = started + config.drain.timeout
         self.traffic.draining = True
         self.log.info(
             "draining",
-            drain_delay=config.drain_delay,
-            drain_timeout=config.drain_timeout,
+            drain_delay=config.drain.delay,
+            drain_timeout=config.drain.timeout,
             inflight=self.traffic.inflight,
         )
-        if await self.signals.wait_or_force(config.drain_delay):
+        if await self.signals.wait_or_force(config.drain.delay):
             return
         cleanup = asyncio.ensure_future(runner.cleanup())
         force = asyncio.ensure_future(self.signals.force_requested.wait())

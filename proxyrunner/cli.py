@@ -16,21 +16,29 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from proxyrunner import __version__
 from proxyrunner.config import (
+    BackendConfig,
+    ListenConfig,
     LoadedConfig,
     RunConfig,
+    Secrets,
     apply_env_overrides,
     dump_json,
     find_config_file,
     load_config_file,
+    pod_address_map,
+    pod_namespace,
     secrets_from_env,
 )
 from proxyrunner.durations import parse_duration
 from proxyrunner.errors import ConfigError, StartupError
 from proxyrunner.logging import configure_logging, get_logger
+
+if TYPE_CHECKING:
+    from proxyrunner.kube.client import KubeAccess
 
 EXIT_OK: Final = 0
 EXIT_UNEXPECTED: Final = 1
@@ -40,13 +48,12 @@ EXIT_STARTUP: Final = 3
 
 def embedded_config() -> RunConfig:
     """The embedded default: two local demo MCP servers behind the proxy on 127.0.0.1:8080,
-    sessions in memory. ``config/embedded.json`` is the same config as a file."""
+    sessions in memory, no drain delay (loopback: no load balancer to wait for).
+    ``config/embedded.json`` is the same config as a file."""
     return RunConfig(
         name="demo",
-        cmd_args=(sys.executable, "-m", "proxyrunner.demo"),
-        backend_replicas=2,
-        host="127.0.0.1",
-        port=8080,
+        backend=BackendConfig(cmd_args=(sys.executable, "-m", "proxyrunner.demo"), replicas=2),
+        listen=ListenConfig(host="127.0.0.1", port=8080),
     )
 
 
@@ -95,37 +102,61 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _apply_flags(config: RunConfig, args: argparse.Namespace) -> RunConfig:
-    changes: dict[str, Any] = {}
+    listen, drain = config.listen, config.drain
     if args.host is not None:
-        changes["host"] = args.host
+        listen = replace(listen, host=args.host)
     if args.port is not None:
         if not 0 <= args.port <= 65535:
             raise ConfigError(f"--port: must be between 0 and 65535, got {args.port}")
-        changes["port"] = args.port
+        listen = replace(listen, port=args.port)
     if args.drain_delay is not None:
-        changes["drain_delay"] = args.drain_delay
+        drain = replace(drain, configured_delay=args.drain_delay)
     if args.drain_timeout is not None:
         if args.drain_timeout <= 0:
             raise ConfigError("--drain-timeout: must be greater than zero")
-        changes["drain_timeout"] = args.drain_timeout
-    return replace(config, **changes) if changes else config
+        drain = replace(drain, timeout=args.drain_timeout)
+    if listen is config.listen and drain is config.drain:
+        return config
+    # RunConfig derives the default drain delay again: it depends on the listen address.
+    return replace(config, listen=listen, drain=drain)
 
 
 async def _load_from_configmap(reference: str) -> tuple[LoadedConfig, Any]:
     from proxyrunner.kube.client import open_api_client
-    from proxyrunner.kube.configmap import default_namespace, load_runconfig_from_configmap
+    from proxyrunner.kube.configmap import load_runconfig_from_configmap
 
     namespace, sep, name = reference.rpartition("/")
     if not sep:
-        namespace, name = default_namespace(), reference
+        namespace, name = pod_namespace(os.environ), reference
     if not name:
         raise ConfigError(f"--configmap: expected NAMESPACE/NAME, got {reference!r}")
     api = await open_api_client()
     try:
-        return await load_runconfig_from_configmap(api, namespace or default_namespace(), name), api
+        return await load_runconfig_from_configmap(
+            api, namespace or pod_namespace(os.environ), name
+        ), api
     except BaseException:
         await api.close()
         raise
+
+
+async def _read_environment(
+    config: RunConfig, kube_api: Any
+) -> tuple[RunConfig, Secrets, KubeAccess | None]:
+    """Everything the process takes from outside the RunConfig, read once, here: the
+    generation override, the Redis password, and for the kubernetes runtime its
+    namespace (the RunConfig's, else the pod's), the pod address map and the API client
+    (opened unless the ConfigMap read opened one already)."""
+    config = apply_env_overrides(config, os.environ)
+    secrets = secrets_from_env(os.environ)
+    if config.backend.runtime != "kubernetes":
+        return config, secrets, None
+    from proxyrunner.kube.client import KubeAccess, open_api_client
+
+    namespace = config.kubernetes.namespace or pod_namespace(os.environ)
+    address_map = pod_address_map(os.environ)
+    api = kube_api or await open_api_client()
+    return config, secrets, KubeAccess(api, namespace, address_map)
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -133,6 +164,7 @@ async def _run(args: argparse.Namespace) -> int:
 
     log = get_logger()
     kube_api: Any = None
+    kube: KubeAccess | None = None
     if args.embedded:
         loaded = LoadedConfig(embedded_config(), "embedded default", ())
     elif args.configmap:
@@ -142,16 +174,13 @@ async def _run(args: argparse.Namespace) -> int:
     try:
         if loaded.unknown_fields:
             log.debug("ignoring unknown RunConfig fields", fields=list(loaded.unknown_fields))
-        config = _apply_flags(apply_env_overrides(loaded.config, os.environ), args)
-        if config.runtime == "kubernetes" and kube_api is None:
-            from proxyrunner.kube.client import open_api_client
-
-            kube_api = await open_api_client()
+        config, secrets, kube = await _read_environment(_apply_flags(loaded.config, args), kube_api)
         log.info("config loaded", source=loaded.source)
-        return await ProxyProcess(config, secrets_from_env(os.environ), kube_api).run()
+        return await ProxyProcess(config, secrets, kube).run()
     finally:
-        if kube_api is not None:
-            await kube_api.close()
+        api = kube.api if kube is not None else kube_api
+        if api is not None:
+            await api.close()
 
 
 def _event_loop_runner() -> Callable[[Coroutine[Any, Any, int]], int]:

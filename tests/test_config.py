@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,6 @@ import yaml
 from proxyrunner.cli import embedded_config
 from proxyrunner.config import (
     DEFAULT_SESSION_CACHE_SIZE,
-    RunConfig,
     SessionRedisConfig,
     apply_env_overrides,
     dump_config,
@@ -42,11 +42,11 @@ def test_minimal_config_gets_documented_defaults() -> None:
     config, unknown = parse_config(MINIMAL)
     assert unknown == ()
     assert config.schema_version == "v0.1.0"
-    assert config.port == 8080
-    assert config.transport == "streamable-http"
-    assert config.session_ttl == 7200
-    assert config.backend_replicas is None
-    assert config.cache_size == DEFAULT_SESSION_CACHE_SIZE
+    assert config.listen.port == 8080
+    assert config.backend.transport == "streamable-http"
+    assert config.sessions.ttl == 7200
+    assert config.backend.replicas is None
+    assert config.sessions.cache_size == DEFAULT_SESSION_CACHE_SIZE
     assert config.mcpserver_generation == 0
 
 
@@ -55,8 +55,8 @@ def test_absent_backend_replicas_is_none_and_explicit_zero_stays_zero() -> None:
     zero, _ = parse_config(
         {"name": "x", "runtime": "kubernetes", "image": "i", "backend_replicas": 0}
     )
-    assert absent.backend_replicas is None
-    assert zero.backend_replicas == 0
+    assert absent.backend.replicas is None
+    assert zero.backend.replicas == 0
     assert "backend_replicas" not in dump_config(absent)
     assert dump_config(zero)["backend_replicas"] == 0
 
@@ -65,8 +65,8 @@ def test_absent_and_zero_session_cache_size_both_mean_the_default() -> None:
     absent, _ = parse_config(MINIMAL)
     zero, _ = parse_config({**MINIMAL, "session_cache_size": 0})
     sized, _ = parse_config({**MINIMAL, "session_cache_size": 500})
-    assert absent.cache_size == zero.cache_size == 1000
-    assert sized.cache_size == 500
+    assert absent.sessions.cache_size == zero.sessions.cache_size == 1000
+    assert sized.sessions.cache_size == 500
     assert "session_cache_size" not in dump_config(zero)
 
 
@@ -93,8 +93,8 @@ def test_json_round_trip_preserves_every_field() -> None:
     config, _ = parse_config(FULL)
     again, _ = parse_config(json.loads(dump_json(config)))
     assert again == config
-    assert again.backend_replicas == 3
-    assert again.session_redis == SessionRedisConfig("redis.default.svc:6379", 2, "thv:")
+    assert again.backend.replicas == 3
+    assert again.sessions.redis == SessionRedisConfig("redis.default.svc:6379", 2, "thv:")
 
 
 def test_yaml_round_trip_preserves_every_field() -> None:
@@ -161,7 +161,7 @@ def test_nested_scaling_config_layout_loads_like_the_top_level_one() -> None:
 
 def test_same_value_in_both_layouts_is_fine() -> None:
     doc = {**MINIMAL, "session_cache_size": 5, "scaling_config": {"session_cache_size": 5}}
-    assert parse_config(doc)[0].session_cache_size == 5
+    assert parse_config(doc)[0].sessions.configured_cache_size == 5
 
 
 def test_different_values_in_both_layouts_name_both_places() -> None:
@@ -182,8 +182,8 @@ def test_key_prefix_without_colon_is_normalized() -> None:
     config, _ = parse_config(
         {**MINIMAL, "session_redis": {"address": "r:6379", "key_prefix": "thv"}}
     )
-    assert config.session_redis is not None
-    assert config.session_redis.key_prefix == "thv:"
+    assert config.sessions.redis is not None
+    assert config.sessions.redis.key_prefix == "thv:"
 
 
 @pytest.mark.parametrize("key", ["password", "passwordRef", "password_ref"])
@@ -292,12 +292,9 @@ def test_shipped_example_configs_are_valid() -> None:
 def test_embedded_config_file_matches_the_built_in_default() -> None:
     from_file = load_config_file(REPO / "config" / "embedded.json").config
     built_in = embedded_config()
-    assert from_file.cmd_args[1:] == built_in.cmd_args[1:]
-    assert from_file == RunConfig(**{**_fields(built_in), "cmd_args": from_file.cmd_args})
-
-
-def _fields(config: RunConfig) -> dict[str, object]:
-    return {name: getattr(config, name) for name in config.__dataclass_fields__}
+    assert from_file.backend.cmd_args[1:] == built_in.backend.cmd_args[1:]
+    backend = replace(built_in.backend, cmd_args=from_file.backend.cmd_args)
+    assert from_file == replace(built_in, backend=backend)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -372,6 +369,6 @@ def test_a_stdio_server_is_served_as_its_proxy_mode_and_http_servers_as_themselv
         {"name": "x", "transport": "stdio", "proxy_mode": "sse", "cmd_args": ["srv"]}
     )
     sse, _ = parse_config({**MINIMAL, "transport": "sse"})
-    assert stdio.served_protocol == "streamable-http"
-    assert legacy.served_protocol == "sse"
-    assert sse.served_protocol == "sse"
+    assert stdio.backend.served_protocol == "streamable-http"
+    assert legacy.backend.served_protocol == "sse"
+    assert sse.backend.served_protocol == "sse"

@@ -39,9 +39,13 @@ def test_only_revisions_from_2026_07_28_on_carry_standard_headers() -> None:
 
 
 def test_a_body_envelope_declares_the_revision_when_the_header_is_missing() -> None:
-    assert may_claim_standard_headers(None, b'{"params":{"_meta":{"io.modelcontextprotocol/protocolVersion":1}}}')
+    assert may_claim_standard_headers(
+        None, b'{"params":{"_meta":{"io.modelcontextprotocol/protocolVersion":1}}}'
+    )
     assert not may_claim_standard_headers(None, b'{"method":"tools/list"}')
-    assert not may_claim_standard_headers("2025-06-18", b'{"io.modelcontextprotocol/protocolVersion":1}')
+    assert not may_claim_standard_headers(
+        "2025-06-18", b'{"io.modelcontextprotocol/protocolVersion":1}'
+    )
 
 
 def test_headers_that_mirror_the_body_pass() -> None:

@@ -83,32 +83,31 @@ class LocalBackendDirectory:
         self._log = log
         self._client = client
         self._tasks = Supervisor(log)
-        self._children = bool(config.cmd_args)
-        path = "/sse" if config.served_protocol == "sse" else "/mcp"
-        if config.remote_url is not None:
-            self._slots = [_Slot("remote", URL(config.remote_url))]
-        elif config.backend_urls:
-            self._slots = [
-                _Slot(f"static-{i}", URL(url)) for i, url in enumerate(config.backend_urls)
-            ]
+        backend = config.backend
+        self._children = bool(backend.cmd_args)
+        path = "/sse" if backend.served_protocol == "sse" else "/mcp"
+        if backend.remote_url is not None:
+            self._slots = [_Slot("remote", URL(backend.remote_url))]
+        elif backend.urls:
+            self._slots = [_Slot(f"static-{i}", URL(url)) for i, url in enumerate(backend.urls)]
         else:
-            host = config.target_host
+            host = backend.target_host
             self._slots = [
                 _Slot(
                     f"local-{i}",
                     URL.build(scheme="http", host=host, port=_free_port(host), path=path),
                 )
-                for i in range(config.local_replicas)
+                for i in range(backend.local_replicas)
             ]
-        if config.transport == "stdio":
+        if backend.transport == "stdio":
             # Each child's stdin and stdout are served over HTTP by a bridge of its own;
             # the slot's URL is the bridge's.
             for slot in self._slots:
                 slot.bridge = StdioBridge(
                     slot.name,
                     log,
-                    max_body=config.max_request_body,
-                    session_idle=config.session_ttl,
+                    max_body=config.listen.max_request_body,
+                    session_idle=config.sessions.ttl,
                 )
         self._by_name = {slot.name: slot for slot in self._slots}
         self._changed = asyncio.Event()
@@ -129,23 +128,23 @@ class LocalBackendDirectory:
     async def start(self) -> None:
         for slot in self._slots:
             if slot.bridge is not None:
-                await slot.bridge.start(self._config.target_host, slot.url.port or 0)
+                await slot.bridge.start(self._config.backend.target_host, slot.url.port or 0)
             if self._children:
                 self._tasks.spawn(f"child {slot.name}", functools.partial(self._supervise, slot))
             self._tasks.spawn(f"probe {slot.name}", functools.partial(self._probe, slot))
-        deadline = time.monotonic() + self._config.backend_start_timeout
+        deadline = time.monotonic() + self._config.backend.start_timeout
         while not any(slot.ready for slot in self._slots):
             if self._children and all(slot.exits for slot in self._slots):
                 slot = self._slots[0]
                 raise StartupError(
-                    f"backend command {' '.join(self._config.cmd_args)!r} exited before it "
+                    f"backend command {' '.join(self._config.backend.cmd_args)!r} exited before it "
                     f"served (exit code {slot.process.returncode if slot.process else '?'}); "
                     f"last output: {' | '.join(slot.output.lines) or '(none)'}"
                 )
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise StartupError(
-                    f"no backend answered within {self._config.backend_start_timeout:g}s "
+                    f"no backend answered within {self._config.backend.start_timeout:g}s "
                     f"({', '.join(str(s.url) for s in self._slots)})"
                 )
             self._changed.clear()
@@ -209,13 +208,13 @@ class LocalBackendDirectory:
             await asyncio.sleep(delay)
 
     async def _run_child(self, slot: _Slot) -> None:
-        config = self._config
+        backend = self._config.backend
         port = slot.url.port
-        env = {**os.environ, **config.env_vars, "DEMO_BACKEND_ID": slot.name}
+        env = {**os.environ, **backend.env_vars, "DEMO_BACKEND_ID": slot.name}
         if slot.bridge is None:
             env.update(
-                MCP_TRANSPORT=config.transport,
-                MCP_HOST=config.target_host,
+                MCP_TRANSPORT=backend.transport,
+                MCP_HOST=backend.target_host,
                 MCP_PORT=str(port),
                 PORT=str(port),
             )
@@ -223,7 +222,7 @@ class LocalBackendDirectory:
             env["MCP_TRANSPORT"] = "stdio"
         stdio = slot.bridge is not None
         process = await asyncio.create_subprocess_exec(
-            *config.cmd_args,
+            *backend.cmd_args,
             stdin=asyncio.subprocess.PIPE if stdio else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE if stdio else asyncio.subprocess.STDOUT,
@@ -233,7 +232,7 @@ class LocalBackendDirectory:
         )
         slot.process = process
         log = self._log.bind(backend=slot.name)
-        log.info("backend process started", pid=process.pid, port=port, transport=config.transport)
+        log.info("backend process started", pid=process.pid, port=port, transport=backend.transport)
         # An HTTP server's stdout and stderr are only output; a stdio server's stdout is
         # the protocol and its stderr the output.
         output = process.stderr if stdio else process.stdout

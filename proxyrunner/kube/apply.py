@@ -50,7 +50,7 @@ class WorkloadApplier:
         self._ns = namespace
         self._metrics = metrics
         self._log = log.bind(statefulset=config.name, namespace=namespace)
-        self._manager = config.field_manager
+        self._manager = config.kubernetes.field_manager
 
     async def apply_all(self) -> str:
         """Apply the Services and the gated StatefulSet; returns "applied" or "skipped"."""
@@ -134,7 +134,7 @@ class WorkloadApplier:
         self, existing: dict[str, Any], stamp: bool, annotations: dict[str, str]
     ) -> None:
         version = existing["metadata"]["resourceVersion"]
-        if self._config.backend_replicas is None:
+        if self._config.backend.replicas is None:
             version = await self._hand_over_replicas(existing) or version
         body = workload.statefulset_body(
             self._config,

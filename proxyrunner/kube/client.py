@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes_asyncio import client, config
@@ -12,6 +14,17 @@ from kubernetes_asyncio.config.config_exception import ConfigException
 
 from proxyrunner.errors import StartupError
 from proxyrunner.kube.errors import translate
+
+
+@dataclass(frozen=True, slots=True)
+class KubeAccess:
+    """What the kubernetes runtime needs besides the RunConfig, resolved once at startup."""
+
+    api: client.ApiClient
+    namespace: str
+    """Where the backend workload lives: the RunConfig's namespace, else the pod's own."""
+    pod_address_map: Mapping[str, str] = field(default_factory=dict)
+    """Pod name -> URL overrides from PROXYRUNNER_POD_ADDRESS_MAP (tests, local dev)."""
 
 
 async def open_api_client(kubeconfig: str | None = None) -> client.ApiClient:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Final
 
 from kubernetes_asyncio import client
@@ -14,24 +12,6 @@ from proxyrunner.kube.client import call
 from proxyrunner.kube.errors import KubeForbidden, KubeNotFound
 
 CONFIG_KEY: Final = "runconfig.json"
-_SA_NAMESPACE: Final = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-
-
-def default_namespace(sa_file: Path = _SA_NAMESPACE) -> str:
-    """The pod's namespace: the service-account file, then $POD_NAMESPACE."""
-    try:
-        namespace = sa_file.read_text().strip()
-        if namespace:
-            return namespace
-    except OSError:
-        pass
-    namespace = os.environ.get("POD_NAMESPACE", "").strip()
-    if namespace:
-        return namespace
-    raise ConfigError(
-        "namespace: not running in a pod and POD_NAMESPACE is not set; "
-        "give --configmap NAMESPACE/NAME or set the RunConfig's namespace"
-    )
 
 
 async def load_runconfig_from_configmap(

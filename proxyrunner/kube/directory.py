@@ -11,10 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import json
-import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
@@ -27,11 +24,9 @@ from proxyrunner.backends.channel import MessageChannel
 from proxyrunner.backends.directory import Backend
 from proxyrunner.backends.stdio import StdioBridge
 from proxyrunner.config import RunConfig
-from proxyrunner.errors import ConfigError
 from proxyrunner.kube import workload
 from proxyrunner.kube.apply import WorkloadApplier
 from proxyrunner.kube.attach import open_attach
-from proxyrunner.kube.configmap import default_namespace
 from proxyrunner.metrics import Metrics
 from proxyrunner.tasks import Supervisor
 
@@ -51,9 +46,6 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, ApiException):
         return f"{exc.status} {exc.reason}"
     return f"{exc.__class__.__name__}: {str(exc)[:200]}"
-
-
-POD_ADDRESS_MAP_ENV: Final = "PROXYRUNNER_POD_ADDRESS_MAP"
 
 
 def pod_url_resolver(transport: str, address_map: Mapping[str, str] | None = None) -> Resolver:
@@ -93,22 +85,6 @@ def pod_attacher(
     return attach
 
 
-def address_map_from_env(environ: Mapping[str, str]) -> dict[str, str]:
-    """$PROXYRUNNER_POD_ADDRESS_MAP names a JSON file mapping pod names to URLs."""
-    path = environ.get(POD_ADDRESS_MAP_ENV)
-    if not path:
-        return {}
-    try:
-        doc = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(
-            f"{POD_ADDRESS_MAP_ENV}: cannot read {path} ({exc.__class__.__name__})"
-        ) from exc
-    if not isinstance(doc, dict) or not all(isinstance(v, str) for v in doc.values()):
-        raise ConfigError(f"{POD_ADDRESS_MAP_ENV}: {path} must map pod names to URLs")
-    return {str(k): v for k, v in doc.items()}
-
-
 def _pod_ready(pod: Any) -> bool:
     if pod.metadata.deletion_timestamp is not None or not pod.status or not pod.status.pod_ip:
         return False
@@ -125,17 +101,21 @@ class KubernetesBackendDirectory:
         api: client.ApiClient,
         metrics: Metrics,
         log: structlog.stdlib.BoundLogger,
+        namespace: str,
+        address_map: Mapping[str, str] | None = None,
         resolve: Resolver | None = None,
         attach: Attacher | None = None,
     ) -> None:
+        """``namespace`` is the workload's (resolved at startup: the RunConfig's, else the
+        pod's); ``address_map`` maps pod names to URLs (see ``pod_url_resolver``)."""
         self._config = config
         self._api = api
         self._metrics = metrics
-        self._ns = config.namespace or default_namespace()
+        self._ns = namespace
         self._log = log.bind(namespace=self._ns, statefulset=config.name)
-        address_map = address_map_from_env(os.environ)
-        self._resolve = resolve or pod_url_resolver(config.transport, address_map)
-        self._stdio = config.transport == "stdio"
+        backend = config.backend
+        self._resolve = resolve or pod_url_resolver(backend.transport, address_map)
+        self._stdio = backend.transport == "stdio"
         self._attach = attach or pod_attacher(api, self._ns, self._log, address_map)
         self._bridges: dict[str, StdioBridge] = {}
         self._bridge_tasks: dict[str, asyncio.Task[None]] = {}
@@ -143,7 +123,7 @@ class KubernetesBackendDirectory:
         self._backends: dict[str, Backend] = {}
         self._tasks = Supervisor(self._log)
         self.applier = WorkloadApplier(api, config, self._ns, metrics, self._log)
-        if config.transport == "stdio" and (config.backend_replicas or 0) > 1:
+        if self._stdio and (backend.replicas or 0) > 1:
             self._log.warning("stdio transport: backend_replicas capped at 1")
 
     async def start(self) -> None:
@@ -151,7 +131,7 @@ class KubernetesBackendDirectory:
             # A stdio pod is ready only while attached, which no pod event announces.
             self._metrics.backends_ready.set_function(lambda: len(self.ready_backends()))
         await self.applier.apply_all()
-        await self.applier.wait_ready(self._config.statefulset_ready_timeout)
+        await self.applier.wait_ready(self._config.kubernetes.statefulset_ready_timeout)
         await self._list_pods()
         self._tasks.spawn("watch backend pods", self._watch_pods)
         self._tasks.spawn("watch backend statefulset", self._watch_statefulset)
@@ -182,7 +162,7 @@ class KubernetesBackendDirectory:
         bridge = self._bridges.get(backend.name)
         if bridge is None or not bridge.port:
             return Backend(backend.name, backend.url, False)
-        path = "/sse" if self._config.served_protocol == "sse" else "/mcp"
+        path = "/sse" if self._config.backend.served_protocol == "sse" else "/mcp"
         url = URL.build(scheme="http", host="127.0.0.1", port=bridge.port, path=path)
         return Backend(backend.name, url, backend.ready and bridge.attached)
 
@@ -191,8 +171,8 @@ class KubernetesBackendDirectory:
             bridge = StdioBridge(
                 name,
                 self._log,
-                max_body=self._config.max_request_body,
-                session_idle=self._config.session_ttl,
+                max_body=self._config.listen.max_request_body,
+                session_idle=self._config.sessions.ttl,
             )
             self._bridges[name] = bridge
             self._bridge_tasks[name] = asyncio.get_running_loop().create_task(

@@ -42,7 +42,7 @@ def workload_labels(name: str) -> dict[str, str]:
 
 
 def target_port(config: RunConfig) -> int:
-    return config.target_port or DEFAULT_TARGET_PORT
+    return config.backend.target_port or DEFAULT_TARGET_PORT
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,15 +94,16 @@ def _named(items: list[Any]) -> bool:
 
 
 def _container(config: RunConfig) -> dict[str, Any]:
-    env = dict(config.env_vars)
-    if config.transport != "stdio":
+    backend = config.backend
+    env = dict(backend.env_vars)
+    if backend.transport != "stdio":
         env.update(
-            MCP_TRANSPORT=config.transport, MCP_PORT=str(target_port(config)), MCP_HOST="0.0.0.0"
+            MCP_TRANSPORT=backend.transport, MCP_PORT=str(target_port(config)), MCP_HOST="0.0.0.0"
         )
     container: dict[str, Any] = {
         "name": "mcp",
-        "image": config.image,
-        "args": list(config.cmd_args),
+        "image": backend.image,
+        "args": list(backend.cmd_args),
         "env": [{"name": k, "value": env[k]} for k in sorted(env)],
         "securityContext": {
             "runAsNonRoot": True,
@@ -112,7 +113,7 @@ def _container(config: RunConfig) -> dict[str, Any]:
             "seccompProfile": {"type": "RuntimeDefault"},
         },
     }
-    if config.transport == "stdio":
+    if backend.transport == "stdio":
         # The proxy talks to the server over the attach subresource.
         container.update(stdin=True, stdinOnce=False, tty=False)
     else:
@@ -146,16 +147,16 @@ def statefulset_body(
     }
     if annotations:
         template["metadata"]["annotations"] = annotations
-    if config.k8s_pod_template_patch:
-        template = merge_patch(template, json.loads(config.k8s_pod_template_patch))
+    if config.kubernetes.pod_template_patch:
+        template = merge_patch(template, json.loads(config.kubernetes.pod_template_patch))
     spec: dict[str, Any] = {
         "selector": {"matchLabels": selector_labels(config.name)},
         "serviceName": headless_service_name(config.name),
         "template": template,
     }
-    replicas = config.backend_replicas
+    replicas = config.backend.replicas
     if replicas is not None:
-        if config.transport == "stdio":
+        if config.backend.transport == "stdio":
             replicas = min(replicas, 1)  # one attach stream: one pod
         spec["replicas"] = replicas
     metadata: dict[str, Any] = {

@@ -36,10 +36,10 @@ def stages(parts: ProxyParts) -> list[Stage]:
     off is not in the list. New stages (authentication, authorization, audit, telemetry)
     go between the header check and routing."""
     config = parts.config
-    rule = RebindingRule(config.host, config.allowed_hosts)
+    rule = RebindingRule(config.listen.host, config.listen.allowed_hosts)
     return [
         *([RebindingGuard(rule)] if rule.active else []),  # 421 / 403
-        BodyLimits(config.max_request_body),  # 413, 400; the body read once
+        BodyLimits(config.listen.max_request_body),  # 413, 400; the body read once
         StandardHeaderCheck(parts.log),  # 2026-07-28: 400 / -32020
     ]
 
@@ -93,7 +93,7 @@ async def _metrics(request: web.Request) -> web.Response:
 def build_app(parts: ProxyParts) -> web.Application:
     config = parts.config
     app = web.Application(
-        client_max_size=config.max_request_body,
+        client_max_size=config.listen.max_request_body,
         handler_args={"max_field_size": 16 * 1024},
     )
     app[PARTS_KEY] = parts
@@ -102,7 +102,7 @@ def build_app(parts: ProxyParts) -> web.Application:
     parts.metrics.streams_open.set_function(lambda: traffic.streams)
     router = Router(parts.directory, parts.store)
     relay = Relay(traffic, parts.log)
-    if config.served_protocol == "sse":
+    if config.backend.served_protocol == "sse":
         # A legacy SSE backend is served to clients as what it is (and a stdio one as
         # legacy SSE when proxy_mode asks for it).
         legacy = compose(

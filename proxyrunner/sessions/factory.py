@@ -13,13 +13,13 @@ from proxyrunner.sessions.store import SessionStore
 def build_store(
     config: RunConfig, secrets: Secrets, metrics: Metrics, log: structlog.stdlib.BoundLogger
 ) -> SessionStore:
-    if config.session_redis is None:
-        if (config.backend_replicas or 1) > 1 or len(config.backend_urls) > 1:
+    if config.sessions.redis is None:
+        if (config.backend.replicas or 1) > 1 or len(config.backend.urls) > 1:
             log.warning(
                 "sessions are kept in memory: fine for one proxy replica, "
                 "but other replicas will not know this one's sessions (set session_redis)"
             )
-        return MemorySessionStore(config.cache_size, config.session_ttl, metrics)
+        return MemorySessionStore(config.sessions.cache_size, config.sessions.ttl, metrics)
     from proxyrunner.sessions.tiered import TieredSessionStore
 
     return TieredSessionStore(config, secrets, metrics, log)

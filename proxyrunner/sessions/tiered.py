@@ -86,18 +86,18 @@ class TieredSessionStore:
         metrics: Metrics,
         log: structlog.stdlib.BoundLogger,
     ) -> None:
-        rc = config.session_redis
+        rc = config.sessions.redis
         assert rc is not None, "the tiered store needs session_redis"
         self._address = rc.address
-        self._ttl = max(1, round(config.session_ttl))
-        self._max_age = config.session_local_max_age
-        self._touch_interval = config.session_touch_interval
+        self._ttl = max(1, round(config.sessions.ttl))
+        self._max_age = config.sessions.local_max_age
+        self._touch_interval = config.sessions.touch_interval
         self._prefix = f"{rc.key_prefix}{config.name}:session:"
         self._channel = f"{rc.key_prefix}{config.name}:invalidate"
         self._replica = uuid.uuid4().hex[:12]
         self._metrics = metrics
         self._log = log.bind(store="redis", redis=rc.address)
-        self._cache: LRUCache[str, _Entry] = LRUCache(maxsize=config.cache_size)
+        self._cache: LRUCache[str, _Entry] = LRUCache(maxsize=config.sessions.cache_size)
         self._pending_creates: dict[str, SessionRecord] = {}
         self._pending_deletes: set[str] = set()
         self._up = False

@@ -37,9 +37,10 @@ def backend_config(namespace: str, **fields: Any) -> RunConfig:
 
 
 async def apply_as_proxy(cluster: KubeCluster, config: RunConfig) -> str:
-    assert config.namespace is not None
+    namespace = config.kubernetes.namespace
+    assert namespace is not None
     async with proxy_api_client(cluster) as api:
-        applier = WorkloadApplier(api, config, config.namespace, Metrics(), get_logger())
+        applier = WorkloadApplier(api, config, namespace, Metrics(), get_logger())
         return await applier.apply_all()
 
 
@@ -135,7 +136,11 @@ async def test_stale_generation_never_rolls_the_backend_back_in_a_race(
         old = backend_config(
             kube_namespace, name=name, image="example.invalid/mcp:4", mcpserver_generation=4
         )
-        new = replace(old, image="example.invalid/mcp:5", mcpserver_generation=5)
+        new = replace(
+            old,
+            backend=replace(old.backend, image="example.invalid/mcp:5"),
+            mcpserver_generation=5,
+        )
 
         async def applier(config: RunConfig, times: int) -> None:
             for _ in range(times):

@@ -1,0 +1,87 @@
+"""What a process takes from its environment and files besides the RunConfig.
+
+The rule that matters here: these functions are the only readers of ``os.environ``-like
+mappings and of the service-account file, and only ``cli`` calls them, once, at startup.
+Everything below receives plain values (a namespace, an address map, ``Secrets``), so
+constructing any part of the proxy has no side effects and tests pass values directly.
+Secrets never live in a RunConfig: the Redis password goes into ``Secrets``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Final
+
+from proxyrunner.config.problems import show
+from proxyrunner.config.run_config import RunConfig
+from proxyrunner.errors import ConfigError
+
+GENERATION_ENV: Final = "THV_MCPSERVER_GENERATION"
+REDIS_PASSWORD_ENV: Final = "THV_SESSION_REDIS_PASSWORD"  # noqa: S105 - a variable name
+POD_NAMESPACE_ENV: Final = "POD_NAMESPACE"
+POD_ADDRESS_MAP_ENV: Final = "PROXYRUNNER_POD_ADDRESS_MAP"
+SERVICE_ACCOUNT_NAMESPACE: Final = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+@dataclass(frozen=True, slots=True)
+class Secrets:
+    """Secret values from the environment. Kept apart from RunConfig so that dumping,
+    logging or printing a config can never reveal them."""
+
+    redis_password: str | None = field(default=None, repr=False)
+    """From THV_SESSION_REDIS_PASSWORD; None (or empty) connects without AUTH."""
+
+
+def apply_env_overrides(config: RunConfig, environ: Mapping[str, str]) -> RunConfig:
+    """Apply THV_MCPSERVER_GENERATION. Raises ConfigError for a value that is not an int >= 0."""
+    raw = environ.get(GENERATION_ENV)
+    if raw is None or raw.strip() == "":
+        return config
+    text = raw.strip()
+    if not text.isdigit():
+        raise ConfigError(
+            f"{GENERATION_ENV}: must be an integer >= 0 (overrides mcpserver_generation), "
+            f"got {show(raw)}"
+        )
+    return replace(config, mcpserver_generation=int(text))
+
+
+def secrets_from_env(environ: Mapping[str, str]) -> Secrets:
+    return Secrets(redis_password=environ.get(REDIS_PASSWORD_ENV) or None)
+
+
+def pod_namespace(environ: Mapping[str, str], sa_file: Path = SERVICE_ACCOUNT_NAMESPACE) -> str:
+    """The pod's own namespace: the service-account file, then $POD_NAMESPACE."""
+    try:
+        namespace = sa_file.read_text().strip()
+        if namespace:
+            return namespace
+    except OSError:
+        pass
+    namespace = environ.get(POD_NAMESPACE_ENV, "").strip()
+    if namespace:
+        return namespace
+    raise ConfigError(
+        "namespace: not running in a pod and POD_NAMESPACE is not set; "
+        "give --configmap NAMESPACE/NAME or set the RunConfig's namespace"
+    )
+
+
+def pod_address_map(environ: Mapping[str, str]) -> dict[str, str]:
+    """$PROXYRUNNER_POD_ADDRESS_MAP names a JSON file mapping pod names to URLs: the hook
+    for tests and local development, where pods have no reachable IP or kubelet."""
+    path = environ.get(POD_ADDRESS_MAP_ENV)
+    if not path:
+        return {}
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"{POD_ADDRESS_MAP_ENV}: cannot read {path} ({exc.__class__.__name__})"
+        ) from exc
+    if not isinstance(doc, dict) or not all(isinstance(v, str) for v in doc.values()):
+        raise ConfigError(f"{POD_ADDRESS_MAP_ENV}: {path} must map pod names to URLs")
+    return {str(k): v for k, v in doc.items()}
