@@ -5,6 +5,9 @@
   the namespaces that ``kube_namespace`` creates), plus small synchronous REST helpers.
 - ``admin_api_client(cluster)`` / ``proxy_api_client(cluster)``: async context managers
   yielding a ``kubernetes_asyncio.client.ApiClient`` for either identity, closed on exit.
+- ``backend_config(namespace, **fields)``, ``apply_as_proxy``, ``read_sts``, ``annotation``,
+  ``image``, ``stamp``: the backend StatefulSet's RunConfig, applying it as a proxy does,
+  and reading or stamping what the API server holds.
 """
 
 from __future__ import annotations
@@ -26,6 +29,12 @@ from typing import Any
 import yaml
 from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
+
+from proxyrunner.config import RunConfig, parse_config
+from proxyrunner.kube.apply import WorkloadApplier
+from proxyrunner.kube.workload import GENERATION_ANNOTATION
+from proxyrunner.logging import get_logger
+from proxyrunner.metrics import Metrics
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ROLE_FILE = REPO_ROOT / "config" / "rbac" / "role.yaml"
@@ -225,3 +234,53 @@ def proxy_api_client(
 ) -> contextlib.AbstractAsyncContextManager[k8s_client.ApiClient]:
     """``async with proxy_api_client(cluster) as api:`` an ApiClient as ``proxyrunner``."""
     return _api_client(cluster.proxy_kubeconfig)
+
+
+# --- the backend StatefulSet ---------------------------------------------------------
+
+
+def backend_config(namespace: str, **fields: Any) -> RunConfig:
+    """A Kubernetes-runtime RunConfig for StatefulSet ``mcp`` (``fields`` override)."""
+    doc: dict[str, Any] = {
+        "name": "mcp",
+        "runtime": "kubernetes",
+        "image": "example.invalid/mcp:1",
+        "namespace": namespace,
+        "target_port": 8080,
+        **fields,
+    }
+    return parse_config(doc)[0]
+
+
+async def apply_as_proxy(cluster: KubeCluster, config: RunConfig) -> str:
+    """What a proxy does at startup: apply the Services and the gated StatefulSet, as the
+    Role-limited proxy identity."""
+    assert config.namespace is not None
+    async with proxy_api_client(cluster) as api:
+        applier = WorkloadApplier(api, config, config.namespace, Metrics(), get_logger())
+        return await applier.apply_all()
+
+
+def read_sts(cluster: KubeCluster, namespace: str, name: str = "mcp") -> dict[str, Any]:
+    return cluster.request("GET", f"/apis/apps/v1/namespaces/{namespace}/statefulsets/{name}")
+
+
+def annotation(sts: dict[str, Any]) -> str | None:
+    annotations = sts["spec"]["template"]["metadata"].get("annotations") or {}
+    value = annotations.get(GENERATION_ANNOTATION)
+    return None if value is None else str(value)
+
+
+def image(sts: dict[str, Any]) -> str:
+    return str(sts["spec"]["template"]["spec"]["containers"][0]["image"])
+
+
+def stamp(cluster: KubeCluster, namespace: str, value: str) -> None:
+    """Another writer sets the pod-template annotation (as an older proxyrunner would)."""
+    cluster.request(
+        "PATCH",
+        f"/apis/apps/v1/namespaces/{namespace}/statefulsets/mcp",
+        {"spec": {"template": {"metadata": {"annotations": {GENERATION_ANNOTATION: value}}}}},
+        query={"fieldManager": "someone-else"},
+        content_type="application/merge-patch+json",
+    )
