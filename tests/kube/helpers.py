@@ -5,6 +5,7 @@
   the namespaces that ``kube_namespace`` creates), plus small synchronous REST helpers.
 - ``admin_api_client(cluster)`` / ``proxy_api_client(cluster)``: async context managers
   yielding a ``kubernetes_asyncio.client.ApiClient`` for either identity, closed on exit.
+- ``create_pod``, ``set_ready``: backend pods and the status a kubelet would report.
 - ``backend_config(namespace, **fields)``, ``apply_as_proxy``, ``read_sts``, ``annotation``,
   ``image``, ``stamp``: the backend StatefulSet's RunConfig, applying it as a proxy does,
   and reading or stamping what the API server holds.
@@ -234,6 +235,40 @@ def proxy_api_client(
 ) -> contextlib.AbstractAsyncContextManager[k8s_client.ApiClient]:
     """``async with proxy_api_client(cluster) as api:`` an ApiClient as ``proxyrunner``."""
     return _api_client(cluster.proxy_kubeconfig)
+
+
+# --- backend pods (no kubelet: the tests play its part) --------------------------------
+
+
+def create_pod(cluster: KubeCluster, namespace: str, name: str, ip: str) -> None:
+    """A ready backend pod of StatefulSet ``mcp`` at address ``ip``."""
+    cluster.request(
+        "POST",
+        f"/api/v1/namespaces/{namespace}/pods",
+        {
+            "metadata": {"name": name, "labels": {"app": "mcp"}},
+            "spec": {"containers": [{"name": "mcp", "image": "example.invalid/mcp:1"}]},
+        },
+    )
+    set_ready(cluster, namespace, name, True, ip)
+
+
+def set_ready(cluster: KubeCluster, namespace: str, name: str, ready: bool, ip: str) -> None:
+    """What a kubelet reports through the status subresource: the pod's address (both
+    fields, as a kubelet sets them) and its Ready condition."""
+    cluster.request(
+        "PATCH",
+        f"/api/v1/namespaces/{namespace}/pods/{name}/status",
+        {
+            "status": {
+                "phase": "Running",
+                "podIP": ip,
+                "podIPs": [{"ip": ip}],
+                "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+            }
+        },
+        content_type="application/merge-patch+json",
+    )
 
 
 # --- the backend StatefulSet ---------------------------------------------------------

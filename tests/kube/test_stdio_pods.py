@@ -19,8 +19,7 @@ from proxyrunner.kube.attach import open_attach
 from tests.conftest import StartProxy
 from tests.e2e.test_streamable_proxy import readyz_text, tool_text, whoami
 from tests.fake_kubelet import fake_kubelet
-from tests.kube.helpers import KubeCluster, KubeRequestError, proxy_api_client
-from tests.kube.test_pod_routing import create_pod
+from tests.kube.helpers import KubeCluster, KubeRequestError, create_pod, proxy_api_client
 from tests.procs import eventually, http_status
 
 pytestmark = [pytest.mark.kube, pytest.mark.timeout(180)]
