@@ -165,11 +165,14 @@ class KubeCluster:
         )
         return name
 
-    def bind_proxy_role(self, namespace: str) -> None:
-        """Apply config/rbac/role.yaml in ``namespace`` and bind it to the proxy user."""
+    def bind_proxy_role(self, namespace: str, without: str | None = None) -> None:
+        """Apply config/rbac/role.yaml in ``namespace`` and bind it to the proxy user;
+        ``without`` names a resource (e.g. "pods") whose rules are left out."""
         role = yaml.safe_load(ROLE_FILE.read_text())
         name = role["metadata"]["name"]
         role["metadata"]["namespace"] = namespace
+        if without is not None:
+            role["rules"] = [r for r in role["rules"] if without not in r["resources"]]
         rbac = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}"
         self.apply(f"{rbac}/roles/{name}", role)
         binding = {
