@@ -16,12 +16,12 @@ when no other manager owns it, so ownership is handed to a separate manager firs
 from __future__ import annotations
 
 import asyncio
-import random
 from typing import Any, Final
 
 import structlog
 from kubernetes_asyncio import client
 
+from proxyrunner.backoff import Backoff
 from proxyrunner.config import RunConfig
 from proxyrunner.errors import StartupError
 from proxyrunner.kube import workload
@@ -31,6 +31,12 @@ from proxyrunner.metrics import Metrics
 
 APPLY: Final = "application/apply-patch+yaml"
 _MAX_ATTEMPTS: Final = 10
+
+
+def _conflict_backoff() -> Backoff:
+    # Short and jittered: two proxies that conflicted must not retry in lock step, and a
+    # rollout should not wait long for the loser's re-decision.
+    return Backoff(first=0.01, maximum=0.5, reset_after=None)
 
 
 class WorkloadApplier:
@@ -86,7 +92,8 @@ class WorkloadApplier:
 
     async def apply_statefulset(self) -> str:
         ours = self._config.mcpserver_generation
-        for attempt in range(_MAX_ATTEMPTS):
+        backoff = _conflict_backoff()
+        for _ in range(_MAX_ATTEMPTS):
             existing = await self.read_statefulset()
             template_meta = (existing or {}).get("spec", {}).get("template", {}).get("metadata", {})
             annotations = template_meta.get("annotations") or {}
@@ -108,7 +115,12 @@ class WorkloadApplier:
                 await self._apply_existing(existing, decision.stamp, annotations)
             except KubeConflict:
                 self._metrics.apply_total.labels(result="conflict").inc()
-                await asyncio.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
+                delay = await backoff.wait()
+                self._log.info(
+                    "StatefulSet changed since it was read; deciding again",
+                    ours=ours,
+                    waited=round(delay, 3),
+                )
                 continue
             self._metrics.apply_total.labels(result="applied").inc()
             self._log.info("StatefulSet applied", generation=ours)

@@ -137,7 +137,10 @@ async def open_attach(
     api: client.ApiClient, namespace: str, pod: str, log: structlog.stdlib.BoundLogger
 ) -> AttachChannel:
     """Attach to the ``mcp`` container of ``pod`` with the API client's identity.
-    Raises aiohttp.ClientError (or the API's error) when the attach is refused."""
+    A refused attach raises aiohttp's WSServerHandshakeError (its ``status`` says why:
+    403 the Role, 400 a pod with no node), an unreachable API server an OSError: the
+    WebSocket upgrade never goes through the generated client's status check, so no
+    kubernetes_asyncio exception comes out of here."""
     ws_api = WsApiClient(configuration=api.configuration)
     try:
         # Typed as a plain API call; with a WsApiClient and _preload_content=False it

@@ -9,9 +9,8 @@ kube-apiserver refuses loopback addresses in EndpointSlices, which the tests nee
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 import aiohttp
@@ -22,30 +21,29 @@ from yarl import URL
 
 from proxyrunner.backends.channel import MessageChannel
 from proxyrunner.backends.directory import Backend
-from proxyrunner.backends.stdio import StdioBridge
+from proxyrunner.backoff import Backoff
 from proxyrunner.config import RunConfig
+from proxyrunner.errors import ProxyRunnerError, StartupError
 from proxyrunner.kube import workload
 from proxyrunner.kube.apply import WorkloadApplier
 from proxyrunner.kube.attach import open_attach
+from proxyrunner.kube.attachments import Attacher, PodAttachments
+from proxyrunner.kube.client import call
+from proxyrunner.kube.errors import KubeError, short_reason, translate
 from proxyrunner.metrics import Metrics
 from proxyrunner.tasks import Supervisor
 
 Resolver = Callable[[str, str, int], URL]
 """(pod name, pod IP, port) -> the pod's MCP endpoint URL."""
-Attacher = Callable[[str], Awaitable[MessageChannel]]
-"""pod name -> an attach stream to the stdio server in it."""
 
 _WATCH_SECONDS: Final = 300
 _BACKOFF_FIRST: Final = 0.2
 _BACKOFF_MAX: Final = 10.0
-_ATTACH_STABLE: Final = 30.0  # an attach stream up this long resets the backoff
+_GONE: Final = 410  # a watch's resourceVersion is too old: list again
 
 
-def _reason(exc: BaseException) -> str:
-    """Why an API call failed, in a few words (never a response body)."""
-    if isinstance(exc, ApiException):
-        return f"{exc.status} {exc.reason}"
-    return f"{exc.__class__.__name__}: {str(exc)[:200]}"
+def _backoff() -> Backoff:
+    return Backoff(first=_BACKOFF_FIRST, maximum=_BACKOFF_MAX, reset_after=None)
 
 
 def pod_url_resolver(transport: str, address_map: Mapping[str, str] | None = None) -> Resolver:
@@ -85,12 +83,20 @@ def pod_attacher(
     return attach
 
 
-def _pod_ready(pod: Any) -> bool:
-    if pod.metadata.deletion_timestamp is not None or not pod.status or not pod.status.pod_ip:
+def pod_ip(pod: Mapping[str, Any]) -> str | None:
+    """The pod's primary address. The API server keeps ``podIP`` equal to ``podIPs[0]``
+    (it fills one from the other), so this one field covers IPv4, IPv6 and dual stack."""
+    ip = (pod.get("status") or {}).get("podIP")
+    return str(ip) if ip else None
+
+
+def pod_ready(pod: Mapping[str, Any]) -> bool:
+    """Ready: not being deleted, has an address, and its Ready condition is True."""
+    if (pod.get("metadata") or {}).get("deletionTimestamp") or not pod_ip(pod):
         return False
-    for condition in pod.status.conditions or []:
-        if condition.type == "Ready":
-            return bool(condition.status == "True")
+    for condition in (pod.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "Ready":
+            return bool(condition.get("status") == "True")
     return False
 
 
@@ -115,31 +121,40 @@ class KubernetesBackendDirectory:
         self._log = log.bind(namespace=self._ns, statefulset=config.name)
         backend = config.backend
         self._resolve = resolve or pod_url_resolver(backend.transport, address_map)
-        self._stdio = backend.transport == "stdio"
-        self._attach = attach or pod_attacher(api, self._ns, self._log, address_map)
-        self._bridges: dict[str, StdioBridge] = {}
-        self._bridge_tasks: dict[str, asyncio.Task[None]] = {}
         self._port = workload.target_port(config)
         self._backends: dict[str, Backend] = {}
         self._tasks = Supervisor(self._log)
+        self._stdio: PodAttachments | None = None
+        if backend.transport == "stdio":
+            self._stdio = PodAttachments(
+                attach or pod_attacher(api, self._ns, self._log, address_map),
+                self._tasks,
+                self._log,
+                path="/sse" if backend.served_protocol == "sse" else "/mcp",
+                max_body=config.listen.max_request_body,
+                session_idle=config.sessions.ttl,
+            )
         self.applier = WorkloadApplier(api, config, self._ns, metrics, self._log)
         if self._stdio and (backend.replicas or 0) > 1:
             self._log.warning("stdio transport: backend_replicas capped at 1")
 
     async def start(self) -> None:
-        if self._stdio:
+        if self._stdio is not None:
             # A stdio pod is ready only while attached, which no pod event announces.
             self._metrics.backends_ready.set_function(lambda: len(self.ready_backends()))
-        await self.applier.apply_all()
-        await self.applier.wait_ready(self._config.kubernetes.statefulset_ready_timeout)
-        await self._list_pods()
+        try:
+            await self.applier.apply_all()
+            await self.applier.wait_ready(self._config.kubernetes.statefulset_ready_timeout)
+            await self._list_pods()
+        except KubeError as exc:
+            raise StartupError(str(exc)) from exc
         self._tasks.spawn("watch backend pods", self._watch_pods)
         self._tasks.spawn("watch backend statefulset", self._watch_statefulset)
 
     async def close(self) -> None:
         await self._tasks.close()
-        for name in list(self._bridge_tasks):
-            await self._detach(name)
+        if self._stdio is not None:
+            await self._stdio.close()
 
     def ready_backends(self) -> Sequence[Backend]:
         return [b for b in map(self._effective, self._backends.values()) if b.ready]
@@ -152,90 +167,22 @@ class KubernetesBackendDirectory:
         ready = len(self.ready_backends())
         return f"{ready} of {len(self._backends)} backend pods ready"
 
-    # ------------------------------------------------------------------ stdio pods
-
     def _effective(self, backend: Backend) -> Backend:
-        """For a stdio pod, the backend is this process's bridge to it, ready while the
-        pod is ready and the attach stream is up."""
-        if not self._stdio:
-            return backend
-        bridge = self._bridges.get(backend.name)
-        if bridge is None or not bridge.port:
-            return Backend(backend.name, backend.url, False)
-        path = "/sse" if self._config.backend.served_protocol == "sse" else "/mcp"
-        url = URL.build(scheme="http", host="127.0.0.1", port=bridge.port, path=path)
-        return Backend(backend.name, url, backend.ready and bridge.attached)
-
-    def _track_attachment(self, name: str, present: bool) -> None:
-        if present and name not in self._bridge_tasks:
-            bridge = StdioBridge(
-                name,
-                self._log,
-                max_body=self._config.listen.max_request_body,
-                session_idle=self._config.sessions.ttl,
-            )
-            self._bridges[name] = bridge
-            self._bridge_tasks[name] = asyncio.get_running_loop().create_task(
-                self._keep_attached(name, bridge), name=f"attach {name}"
-            )
-        elif not present and name in self._bridge_tasks:
-            task = self._bridge_tasks.pop(name)
-            task.cancel()
-            self._bridges.pop(name, None)
-
-    async def _detach(self, name: str) -> None:
-        task = self._bridge_tasks.pop(name, None)
-        self._bridges.pop(name, None)
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def _keep_attached(self, name: str, bridge: StdioBridge) -> None:
-        """Keep one attach stream to the pod's stdio server open while the pod exists."""
-        log = self._log.bind(backend=name)
-        loop = asyncio.get_running_loop()
-        try:
-            await bridge.start("127.0.0.1", 0)
-            backoff = _BACKOFF_FIRST
-            while True:
-                try:
-                    channel = await self._attach(name)
-                except (ApiException, aiohttp.ClientError, OSError, TimeoutError) as exc:
-                    log.warning(
-                        "cannot attach to the backend pod; retrying",
-                        error=_reason(exc),
-                        retry_in=backoff,
-                    )
-                else:
-                    log.info("attached to the backend pod")
-                    started = loop.time()
-                    try:
-                        await bridge.serve(channel)
-                        reason = getattr(channel, "ended_because", None)
-                    except (aiohttp.ClientError, OSError, ValueError) as exc:
-                        reason = _reason(exc)
-                    log.warning("attach stream to the backend pod ended", reason=reason)
-                    if loop.time() - started > _ATTACH_STABLE:
-                        backoff = _BACKOFF_FIRST
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, _BACKOFF_MAX)
-        finally:
-            await bridge.close()
+        return backend if self._stdio is None else self._stdio.backend(backend)
 
     # ------------------------------------------------------------------ internals
 
-    def _update(self, pod: Any, deleted: bool = False) -> None:
-        name = pod.metadata.name
+    def _update(self, pod: Mapping[str, Any], deleted: bool = False) -> None:
+        name = str(pod["metadata"]["name"])
         before = self._backends.get(name)
         if deleted:
             self._backends.pop(name, None)
         else:
-            ip = pod.status.pod_ip if pod.status else None
+            ip = pod_ip(pod)
             url = self._resolve(name, ip, self._port) if ip else URL("http://unassigned.invalid/")
-            self._backends[name] = Backend(name, url, _pod_ready(pod))
-        if self._stdio:
-            self._track_attachment(name, present=not deleted)
+            self._backends[name] = Backend(name, url, pod_ready(pod))
+        if self._stdio is not None:
+            self._stdio.track(name, present=not deleted)
         after = self._backends.get(name)
         if (before is None or not before.ready) != (after is None or not after.ready):
             self._log.info(
@@ -248,18 +195,26 @@ class KubernetesBackendDirectory:
         return ",".join(f"{k}={v}" for k, v in workload.selector_labels(self._config.name).items())
 
     async def _list_pods(self) -> str:
-        core = client.CoreV1Api(self._api)
-        pods = await core.list_namespaced_pod(self._ns, label_selector=self._selector())
+        """All backend pods, replacing what we knew; returns the list's resourceVersion."""
+        core: Any = client.CoreV1Api(self._api)  # a raw call: see kube.client.call
+        pods = await call(
+            "list",
+            "pods",
+            self._ns,
+            core.list_namespaced_pod(
+                self._ns, label_selector=self._selector(), _preload_content=False
+            ),
+        )
         self._backends.clear()
-        for pod in pods.items:
+        for pod in pods.get("items") or []:
             self._update(pod)
-        for gone in [name for name in self._bridge_tasks if name not in self._backends]:
-            self._track_attachment(gone, present=False)
-        return str(pods.metadata.resource_version)
+        if self._stdio is not None:
+            self._stdio.keep_only(self._backends)
+        return str(pods["metadata"]["resourceVersion"])
 
     async def _watch_pods(self) -> None:
         core = client.CoreV1Api(self._api)
-        backoff = _BACKOFF_FIRST
+        backoff = _backoff()
         version: str | None = None
         while True:
             try:
@@ -273,34 +228,56 @@ class KubernetesBackendDirectory:
                         resource_version=version,
                         timeout_seconds=_WATCH_SECONDS,
                     ):
-                        pod = event["object"]
-                        version = pod.metadata.resource_version
+                        pod = event["raw_object"]
+                        version = str(pod["metadata"]["resourceVersion"])
                         self._update(pod, deleted=event["type"] == "DELETED")
-                backoff = _BACKOFF_FIRST
-            except ApiException as exc:
-                if exc.status == 410:  # our resourceVersion expired: list again
-                    version = None
-                    continue
-                self._log.warning("pod watch failed; retrying", status=exc.status)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, _BACKOFF_MAX)
-            except (TimeoutError, OSError, ValueError) as exc:
-                self._log.warning("pod watch interrupted; retrying", error=exc.__class__.__name__)
+            except ApiException as exc:  # the watch's own errors come untranslated
+                failure = translate(exc, "watch", "pods", self._ns)
+            except KubeError as exc:
+                failure = exc
+            except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
                 version = None
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, _BACKOFF_MAX)
+                delay = backoff.next_delay()
+                self._log.warning(
+                    "pod watch interrupted; retrying",
+                    error=exc.__class__.__name__,
+                    retry_in=round(delay, 3),
+                )
+                await asyncio.sleep(delay)
+                continue
+            else:
+                backoff.reset()  # the server ended a healthy watch (timeout_seconds)
+                continue
+            if failure.status == _GONE:
+                version = None
+                continue
+            delay = backoff.next_delay()
+            self._log.warning(
+                "pod watch failed; retrying",
+                status=failure.status,
+                error=short_reason(failure),
+                retry_in=round(delay, 3),
+            )
+            await asyncio.sleep(delay)
 
     async def _watch_statefulset(self) -> None:
         """Apply again if someone deletes the StatefulSet while we run. Each (re)start
         lists first and watches from that list's resourceVersion, so a deletion between
         two watches (or before the first) is not missed."""
-        apps = client.AppsV1Api(self._api)
+        apps: Any = client.AppsV1Api(self._api)
         selector = f"metadata.name={self._config.name}"
-        backoff = _BACKOFF_FIRST
+        backoff = _backoff()
         while True:
             try:
-                listed = await apps.list_namespaced_stateful_set(self._ns, field_selector=selector)
-                if not listed.items:
+                listed = await call(
+                    "list",
+                    "statefulsets",
+                    self._ns,
+                    apps.list_namespaced_stateful_set(
+                        self._ns, field_selector=selector, _preload_content=False
+                    ),
+                )
+                if not listed.get("items"):
                     self._log.warning("backend StatefulSet missing; applying it again")
                     await self.applier.apply_all()
                     continue
@@ -309,14 +286,26 @@ class KubernetesBackendDirectory:
                         apps.list_namespaced_stateful_set,
                         self._ns,
                         field_selector=selector,
-                        resource_version=listed.metadata.resource_version,
+                        resource_version=listed["metadata"]["resourceVersion"],
                         timeout_seconds=_WATCH_SECONDS,
                     ):
                         if event["type"] == "DELETED":
                             self._log.warning("backend StatefulSet deleted; applying it again")
                             await self.applier.apply_all()
-                backoff = _BACKOFF_FIRST
-            except Exception as exc:  # a supervised loop: log, back off, go on
-                self._log.warning("statefulset watch interrupted; retrying", error=repr(exc)[:200])
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, _BACKOFF_MAX)
+            except (
+                ApiException,
+                ProxyRunnerError,  # a KubeError, or the applier giving up after conflicts
+                aiohttp.ClientError,
+                TimeoutError,
+                OSError,
+                ValueError,
+            ) as exc:
+                delay = backoff.next_delay()
+                self._log.warning(
+                    "statefulset watch interrupted; retrying",
+                    error=short_reason(exc),
+                    retry_in=round(delay, 3),
+                )
+                await asyncio.sleep(delay)
+            else:
+                backoff.reset()

@@ -80,3 +80,12 @@ def translate(exc: Exception, verb: str, resource: str, namespace: str) -> KubeE
     if status in (429, 500, 502, 503, 504):
         return KubeUnavailable(f"API server answered {status} for {verb} {where}", status)
     return KubeError(f"{verb} {where} failed with HTTP {status}: {_detail(exc)}", status)
+
+
+def short_reason(exc: BaseException) -> str:
+    """Why a call failed, in a few words for a log line (never a response body)."""
+    if isinstance(exc, ApiException):
+        return f"{exc.status} {exc.reason}"
+    if isinstance(exc, ProxyRunnerError):
+        return str(exc)[:_DETAIL_LIMIT]
+    return f"{exc.__class__.__name__}: {str(exc)[:200]}"

@@ -5,6 +5,10 @@
   the namespaces that ``kube_namespace`` creates), plus small synchronous REST helpers.
 - ``admin_api_client(cluster)`` / ``proxy_api_client(cluster)``: async context managers
   yielding a ``kubernetes_asyncio.client.ApiClient`` for either identity, closed on exit.
+- ``create_pod``, ``set_ready``: backend pods and the status a kubelet would report.
+- ``backend_config(namespace, **fields)``, ``apply_as_proxy``, ``read_sts``, ``annotation``,
+  ``image``, ``stamp``: the backend StatefulSet's RunConfig, applying it as a proxy does,
+  and reading or stamping what the API server holds.
 """
 
 from __future__ import annotations
@@ -26,6 +30,12 @@ from typing import Any
 import yaml
 from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
+
+from proxyrunner.config import RunConfig, parse_config
+from proxyrunner.kube.apply import WorkloadApplier
+from proxyrunner.kube.workload import GENERATION_ANNOTATION
+from proxyrunner.logging import get_logger
+from proxyrunner.metrics import Metrics
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ROLE_FILE = REPO_ROOT / "config" / "rbac" / "role.yaml"
@@ -155,11 +165,14 @@ class KubeCluster:
         )
         return name
 
-    def bind_proxy_role(self, namespace: str) -> None:
-        """Apply config/rbac/role.yaml in ``namespace`` and bind it to the proxy user."""
+    def bind_proxy_role(self, namespace: str, without: str | None = None) -> None:
+        """Apply config/rbac/role.yaml in ``namespace`` and bind it to the proxy user;
+        ``without`` names a resource (e.g. "pods") whose rules are left out."""
         role = yaml.safe_load(ROLE_FILE.read_text())
         name = role["metadata"]["name"]
         role["metadata"]["namespace"] = namespace
+        if without is not None:
+            role["rules"] = [r for r in role["rules"] if without not in r["resources"]]
         rbac = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}"
         self.apply(f"{rbac}/roles/{name}", role)
         binding = {
@@ -225,3 +238,88 @@ def proxy_api_client(
 ) -> contextlib.AbstractAsyncContextManager[k8s_client.ApiClient]:
     """``async with proxy_api_client(cluster) as api:`` an ApiClient as ``proxyrunner``."""
     return _api_client(cluster.proxy_kubeconfig)
+
+
+# --- backend pods (no kubelet: the tests play its part) --------------------------------
+
+
+def create_pod(cluster: KubeCluster, namespace: str, name: str, ip: str) -> None:
+    """A ready backend pod of StatefulSet ``mcp`` at address ``ip``."""
+    cluster.request(
+        "POST",
+        f"/api/v1/namespaces/{namespace}/pods",
+        {
+            "metadata": {"name": name, "labels": {"app": "mcp"}},
+            "spec": {"containers": [{"name": "mcp", "image": "example.invalid/mcp:1"}]},
+        },
+    )
+    set_ready(cluster, namespace, name, True, ip)
+
+
+def set_ready(cluster: KubeCluster, namespace: str, name: str, ready: bool, ip: str) -> None:
+    """What a kubelet reports through the status subresource: the pod's address (both
+    fields, as a kubelet sets them) and its Ready condition."""
+    cluster.request(
+        "PATCH",
+        f"/api/v1/namespaces/{namespace}/pods/{name}/status",
+        {
+            "status": {
+                "phase": "Running",
+                "podIP": ip,
+                "podIPs": [{"ip": ip}],
+                "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+            }
+        },
+        content_type="application/merge-patch+json",
+    )
+
+
+# --- the backend StatefulSet ---------------------------------------------------------
+
+
+def backend_config(namespace: str, **fields: Any) -> RunConfig:
+    """A Kubernetes-runtime RunConfig for StatefulSet ``mcp`` (``fields`` override)."""
+    doc: dict[str, Any] = {
+        "name": "mcp",
+        "runtime": "kubernetes",
+        "image": "example.invalid/mcp:1",
+        "namespace": namespace,
+        "target_port": 8080,
+        **fields,
+    }
+    return parse_config(doc)[0]
+
+
+async def apply_as_proxy(cluster: KubeCluster, config: RunConfig) -> str:
+    """What a proxy does at startup: apply the Services and the gated StatefulSet, as the
+    Role-limited proxy identity."""
+    namespace = config.kubernetes.namespace
+    assert namespace is not None
+    async with proxy_api_client(cluster) as api:
+        applier = WorkloadApplier(api, config, namespace, Metrics(), get_logger())
+        return await applier.apply_all()
+
+
+def read_sts(cluster: KubeCluster, namespace: str, name: str = "mcp") -> dict[str, Any]:
+    return cluster.request("GET", f"/apis/apps/v1/namespaces/{namespace}/statefulsets/{name}")
+
+
+def annotation(sts: dict[str, Any]) -> str | None:
+    annotations = sts["spec"]["template"]["metadata"].get("annotations") or {}
+    value = annotations.get(GENERATION_ANNOTATION)
+    return None if value is None else str(value)
+
+
+def image(sts: dict[str, Any]) -> str:
+    return str(sts["spec"]["template"]["spec"]["containers"][0]["image"])
+
+
+def stamp(cluster: KubeCluster, namespace: str, value: str) -> None:
+    """Another writer sets the pod-template annotation (as an older proxyrunner would)."""
+    cluster.request(
+        "PATCH",
+        f"/apis/apps/v1/namespaces/{namespace}/statefulsets/mcp",
+        {"spec": {"template": {"metadata": {"annotations": {GENERATION_ANNOTATION: value}}}}},
+        query={"fieldManager": "someone-else"},
+        content_type="application/merge-patch+json",
+    )

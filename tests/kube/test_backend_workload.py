@@ -6,67 +6,31 @@ from __future__ import annotations
 import asyncio
 import random
 from dataclasses import replace
-from typing import Any
 
 import pytest
 from kubernetes_asyncio import client
 
-from proxyrunner.config import RunConfig, parse_config
+from proxyrunner.config import RunConfig
 from proxyrunner.errors import ConfigError, StartupError
 from proxyrunner.kube.apply import WorkloadApplier
 from proxyrunner.kube.configmap import load_runconfig_from_configmap
 from proxyrunner.kube.errors import KubeForbidden
-from proxyrunner.kube.workload import GENERATION_ANNOTATION, RESTARTED_AT_ANNOTATION
+from proxyrunner.kube.workload import RESTARTED_AT_ANNOTATION
 from proxyrunner.logging import get_logger
 from proxyrunner.metrics import Metrics
-from tests.kube.helpers import KubeCluster, admin_api_client, proxy_api_client
+from tests.kube.helpers import (
+    KubeCluster,
+    admin_api_client,
+    annotation,
+    apply_as_proxy,
+    backend_config,
+    image,
+    proxy_api_client,
+    read_sts,
+    stamp,
+)
 
 pytestmark = [pytest.mark.kube, pytest.mark.timeout(120)]
-
-
-def backend_config(namespace: str, **fields: Any) -> RunConfig:
-    doc: dict[str, Any] = {
-        "name": "mcp",
-        "runtime": "kubernetes",
-        "image": "example.invalid/mcp:1",
-        "namespace": namespace,
-        "target_port": 8080,
-        **fields,
-    }
-    return parse_config(doc)[0]
-
-
-async def apply_as_proxy(cluster: KubeCluster, config: RunConfig) -> str:
-    namespace = config.kubernetes.namespace
-    assert namespace is not None
-    async with proxy_api_client(cluster) as api:
-        applier = WorkloadApplier(api, config, namespace, Metrics(), get_logger())
-        return await applier.apply_all()
-
-
-def read_sts(cluster: KubeCluster, namespace: str, name: str = "mcp") -> dict[str, Any]:
-    return cluster.request("GET", f"/apis/apps/v1/namespaces/{namespace}/statefulsets/{name}")
-
-
-def annotation(sts: dict[str, Any]) -> str | None:
-    annotations = sts["spec"]["template"]["metadata"].get("annotations") or {}
-    value = annotations.get(GENERATION_ANNOTATION)
-    return None if value is None else str(value)
-
-
-def image(sts: dict[str, Any]) -> str:
-    return str(sts["spec"]["template"]["spec"]["containers"][0]["image"])
-
-
-def stamp(cluster: KubeCluster, namespace: str, value: str) -> None:
-    """Another writer sets the pod-template annotation (as an older proxyrunner would)."""
-    cluster.request(
-        "PATCH",
-        f"/apis/apps/v1/namespaces/{namespace}/statefulsets/mcp",
-        {"spec": {"template": {"metadata": {"annotations": {GENERATION_ANNOTATION: value}}}}},
-        query={"fieldManager": "someone-else"},
-        content_type="application/merge-patch+json",
-    )
 
 
 async def test_absent_statefulset_is_created_stamped_with_our_generation(

@@ -13,37 +13,10 @@ from mcp import Client
 
 from tests.conftest import StartBackend, StartProxy
 from tests.e2e.test_streamable_proxy import readyz_text, whoami
-from tests.kube.helpers import KubeCluster
+from tests.kube.helpers import KubeCluster, create_pod, set_ready
 from tests.procs import eventually, http_status
 
 pytestmark = [pytest.mark.kube, pytest.mark.timeout(180)]
-
-
-def create_pod(cluster: KubeCluster, namespace: str, name: str, ip: str) -> None:
-    cluster.request(
-        "POST",
-        f"/api/v1/namespaces/{namespace}/pods",
-        {
-            "metadata": {"name": name, "labels": {"app": "mcp"}},
-            "spec": {"containers": [{"name": "mcp", "image": "example.invalid/mcp:1"}]},
-        },
-    )
-    set_ready(cluster, namespace, name, True, ip)
-
-
-def set_ready(cluster: KubeCluster, namespace: str, name: str, ready: bool, ip: str) -> None:
-    cluster.request(
-        "PATCH",
-        f"/api/v1/namespaces/{namespace}/pods/{name}/status",
-        {
-            "status": {
-                "phase": "Running",
-                "podIP": ip,
-                "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
-            }
-        },
-        content_type="application/merge-patch+json",
-    )
 
 
 async def test_sessions_follow_pods_as_they_come_go_and_turn_unready(

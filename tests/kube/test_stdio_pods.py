@@ -8,19 +8,31 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 import structlog
 from mcp import Client
+from structlog.testing import capture_logs
 
+from proxyrunner.backends.channel import MessageChannel
 from proxyrunner.kube.attach import open_attach
+from proxyrunner.kube.directory import KubernetesBackendDirectory, pod_attacher
+from proxyrunner.logging import get_logger
+from proxyrunner.metrics import Metrics
 from tests.conftest import StartProxy
 from tests.e2e.test_streamable_proxy import readyz_text, tool_text, whoami
 from tests.fake_kubelet import fake_kubelet
-from tests.kube.helpers import KubeCluster, KubeRequestError, proxy_api_client
-from tests.kube.test_pod_routing import create_pod
+from tests.kube.helpers import (
+    KubeCluster,
+    KubeRequestError,
+    backend_config,
+    create_pod,
+    proxy_api_client,
+)
 from tests.procs import eventually, http_status
 
 pytestmark = [pytest.mark.kube, pytest.mark.timeout(180)]
@@ -103,3 +115,81 @@ async def test_the_documented_role_lets_the_proxy_attach_and_nothing_less_does(
         with pytest.raises(aiohttp.WSServerHandshakeError) as forbidden:
             await open_attach(api, "default", "mcp-0", LOG)
         assert forbidden.value.status == 403
+
+
+def attach_events(logs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """What the attach loop of pod mcp-0 and its supervisor logged, in order."""
+    return [
+        e["event"]
+        for e in logs
+        if e.get("task") == "attach mcp-0"
+        or (e.get("backend") == "mcp-0" and "attach" in e["event"])
+    ]
+
+
+async def test_an_attach_loop_that_dies_is_restarted_and_a_stream_that_ends_is_reattached(
+    kube_cluster: KubeCluster, kube_namespace: str
+) -> None:
+    """The attach loop runs under the directory's supervisor: an unexpected failure (here a
+    bug in the attacher) is logged and the loop restarted; an attach the API refuses is
+    retried with backoff by the loop itself; a stream that ends is attached again."""
+    async with (
+        fake_kubelet(
+            (sys.executable, "-m", "proxyrunner.demo"),
+            identity="mcp-0",
+            token=kube_cluster.proxy_token,
+        ) as kubelet,
+        proxy_api_client(kube_cluster) as api,
+    ):
+        real = pod_attacher(api, kube_namespace, get_logger(), {"mcp-0": kubelet.base})
+        failures: list[Exception] = [
+            RuntimeError("a bug in the attacher"),
+            aiohttp.ClientConnectionError("attach refused"),
+        ]
+
+        async def attach(pod: str) -> MessageChannel:
+            if failures:
+                raise failures.pop(0)
+            return await real(pod)
+
+        config = backend_config(kube_namespace, transport="stdio", backend_replicas=0)
+        with capture_logs() as logs:
+            directory = KubernetesBackendDirectory(
+                config, api, Metrics(), get_logger(), kube_namespace, attach=attach
+            )
+            try:
+                await directory.start()
+                create_pod(kube_cluster, kube_namespace, "mcp-0", "10.0.0.22")
+
+                def ready() -> bool:
+                    return [b.name for b in directory.ready_backends()] == ["mcp-0"]
+
+                await eventually(ready, 15, "the pod to be attached")
+                backend = directory.get("mcp-0")
+                assert backend is not None
+                async with Client(str(backend.url), mode="legacy") as client:
+                    assert (await whoami(client))["id"] == "mcp-0"
+
+                await kubelet.streams[0].close()  # the kubelet ends the stream
+                await eventually(
+                    lambda: attach_events(logs).count("attached to the backend pod") == 2,
+                    15,
+                    "the second attach",
+                )
+                await eventually(ready, 15, "the pod to be ready again")
+                async with Client(str(backend.url), mode="legacy") as client:
+                    assert (await whoami(client))["id"] == "mcp-0"
+
+                kube_cluster.request("DELETE", f"/api/v1/namespaces/{kube_namespace}/pods/mcp-0")
+                await eventually(lambda: directory.get("mcp-0") is None, 15, "the pod gone")
+                root = backend.url.with_path("/")
+                await eventually(lambda: http_status(str(root)) is None, 15, "the bridge closed")
+            finally:
+                await directory.close()
+    assert attach_events(logs) == [
+        "background task failed; restarting",
+        "cannot attach to the backend pod; retrying",
+        "attached to the backend pod",
+        "attach stream to the backend pod ended",
+        "attached to the backend pod",
+    ]
