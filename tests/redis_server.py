@@ -1,11 +1,16 @@
-"""A real redis-server for tests: free loopback port, a password, no persistence."""
+"""A real redis-server for tests: free loopback port, a password, no persistence unless
+asked for; and a stand-in listener that counts the connections made to a dead Redis."""
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import shutil
 import socket
+import threading
 from pathlib import Path
+from types import TracebackType
+from typing import Literal
 
 from tests.procs import Proc, free_port, wait_until
 
@@ -26,7 +31,10 @@ def _answers_ping(port: int, password: str) -> bool:
 
 
 class RedisServer:
-    def __init__(self, workdir: Path) -> None:
+    """``password`` is what clients are given; ``set_password`` changes what the server
+    accepts (a rotation) until ``restore_password`` or a restart."""
+
+    def __init__(self, workdir: Path, persistent: bool = False) -> None:
         binary = shutil.which("redis-server")
         assert binary, "redis-server is not installed (scripts/bootstrap installs it)"
         self._binary = binary
@@ -34,6 +42,14 @@ class RedisServer:
         self.port = free_port()
         self.password = secrets.token_urlsafe(24)
         self.address = f"127.0.0.1:{self.port}"
+        # An append-only file synced on every write: a SIGKILLed server restarts with
+        # every key it acknowledged, TTLs included.
+        self._persistence = (
+            ["--appendonly", "yes", "--appendfsync", "always"]
+            if persistent
+            else ["--appendonly", "no"]
+        )
+        self._current_password = self.password
         self._proc: Proc | None = None
         self._starts = 0
 
@@ -50,14 +66,14 @@ class RedisServer:
                 self.password,
                 "--save",
                 "",
-                "--appendonly",
-                "no",
+                *self._persistence,
                 "--dir",
                 str(self.workdir),
             ],
             self.workdir / f"redis-{self._starts}.log",
             {},
         )
+        self._current_password = self.password
         wait_until(lambda: _answers_ping(self.port, self.password), 15, "redis-server")
         return self
 
@@ -75,7 +91,7 @@ class RedisServer:
 
     def command(self, *args: str) -> str:
         """Send one inline command (after AUTH) and return the raw reply text."""
-        payload = f"AUTH {self.password}\r\n" + " ".join(args) + "\r\n"
+        payload = f"AUTH {self._current_password}\r\n" + " ".join(args) + "\r\n"
         with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
             sock.sendall(payload.encode())
             sock.shutdown(socket.SHUT_WR)
@@ -97,3 +113,73 @@ class RedisServer:
                 fields = dict(item.split("=") for item in stats.split(","))
                 total += int(fields["calls"])
         return total
+
+    def integer(self, *args: str) -> int:
+        """The integer reply of one command (EXISTS, TTL, DBSIZE, ...)."""
+        reply = self.command(*args).splitlines()[-1]
+        assert reply.startswith(":"), reply
+        return int(reply[1:])
+
+    def set_password(self, new: str, via: Literal["config", "acl"] = "config") -> None:
+        """Change the password the server accepts. Connections already authenticated stay
+        so (Redis does not drop them): ``kill_clients`` makes everyone log in again."""
+        if via == "config":
+            reply = self.command("CONFIG", "SET", "requirepass", new)
+        else:
+            reply = self.command("ACL", "SETUSER", "default", "resetpass", f">{new}")
+        assert reply.endswith("+OK\r\n"), reply
+        self._current_password = new
+
+    def restore_password(self, via: Literal["config", "acl"] = "config") -> None:
+        self.set_password(self.password, via)
+
+    def kill_clients(self, *kinds: str) -> None:
+        """Disconnect every client of these kinds (normal, pubsub), as a failover or a
+        restart would; the connection giving the command is spared."""
+        for kind in kinds:
+            assert "-ERR" not in self.command("CLIENT", "KILL", "TYPE", kind)
+
+
+class CountingListener:
+    """Listens on a dead Redis's port and counts the connections made to it, closing each
+    at once (the client sees a reset, as from a Redis that is going away)."""
+
+    def __init__(self, port: int) -> None:
+        self._sock = socket.socket()
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", port))
+        self._sock.listen(64)
+        self._lock = threading.Lock()
+        self._accepted = 0
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    @property
+    def accepted(self) -> int:
+        with self._lock:
+            return self._accepted
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return  # closed
+            with self._lock:
+                self._accepted += 1
+            conn.close()
+
+    def __enter__(self) -> CountingListener:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # shutdown() wakes the thread blocked in accept(); close() alone may not.
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._sock.close()
+        self._thread.join(timeout=5)
