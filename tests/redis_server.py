@@ -3,6 +3,7 @@ asked for; and a stand-in listener that counts the connections made to a dead Re
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 import shutil
@@ -120,6 +121,13 @@ class RedisServer:
         assert reply.startswith(":"), reply
         return int(reply[1:])
 
+    def info_field(self, section: str, name: str) -> int:
+        """One integer field of INFO (e.g. ``stats``, ``total_connections_received``)."""
+        for line in self.command("INFO", section).splitlines():
+            if line.startswith(f"{name}:"):
+                return int(line.partition(":")[2])
+        raise AssertionError(f"INFO {section} has no {name}")
+
     def set_password(self, new: str, via: Literal["config", "acl"] = "config") -> None:
         """Change the password the server accepts. Connections already authenticated stay
         so (Redis does not drop them): ``kill_clients`` makes everyone log in again."""
@@ -183,3 +191,70 @@ class CountingListener:
             self._sock.shutdown(socket.SHUT_RDWR)
         self._sock.close()
         self._thread.join(timeout=5)
+
+
+class RoundTripRelay:
+    """A TCP relay in front of Redis that counts round trips: a round trip starts each
+    time the client sends after the server has answered (or sends first on a connection).
+    A pipeline is one round trip however many commands it carries; N commands awaited in
+    turn are N."""
+
+    def __init__(self, target_port: int) -> None:
+        self._target_port = target_port
+        self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+        self.round_trips = 0
+        self.port = 0
+
+    async def __aenter__(self) -> RoundTripRelay:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._handlers):
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _relay(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        server_w: asyncio.StreamWriter | None = None
+        answered = [True]  # the client speaking first starts a round trip
+        try:
+            server_r, server_w = await asyncio.open_connection("127.0.0.1", self._target_port)
+            await asyncio.gather(
+                self._pump(client_r, server_w, answered, to_server=True),
+                self._pump(server_r, client_w, answered, to_server=False),
+            )
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._handlers.discard(task)
+            for writer in (client_w, server_w):
+                if writer is not None:
+                    writer.close()
+
+    async def _pump(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        answered: list[bool],
+        to_server: bool,
+    ) -> None:
+        while data := await reader.read(65536):
+            if to_server and answered[0]:
+                self.round_trips += 1
+            answered[0] = not to_server
+            writer.write(data)
+            await writer.drain()
+        writer.close()

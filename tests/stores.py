@@ -47,10 +47,12 @@ def record(backend: str = "b0", session_id: str | None = None) -> SessionRecord:
 
 
 def run_config(redis: RedisServer | None, **overrides: object) -> RunConfig:
-    doc: dict[str, object] = {"name": "demo", "remote_url": "http://127.0.0.1:1/mcp", **overrides}
+    """A RunConfig from ToolHive JSON fields; with ``redis``, sessions go there (under
+    KEY_PREFIX) unless ``session_redis`` is among the overrides."""
+    doc: dict[str, object] = {"name": "demo", "remote_url": "http://127.0.0.1:1/mcp"}
     if redis is not None:
         doc["session_redis"] = {"address": redis.address, "key_prefix": "test"}
-    return parse_config(doc)[0]
+    return parse_config({**doc, **overrides})[0]
 
 
 async def eventually_async(
@@ -83,10 +85,11 @@ class Replicas:
         clock: Callable[[], float] = time.monotonic,
         flush_interval: float | None = None,
         start: bool = True,
+        metrics: Metrics | None = None,
         **overrides: object,
     ) -> TieredSessionStore:
         """A tiered store with these RunConfig fields (ToolHive JSON names)."""
-        return await self.open(overrides, password, clock, flush_interval, start)
+        return await self.open(overrides, password, clock, flush_interval, start, metrics)
 
     async def open(
         self,
@@ -95,12 +98,13 @@ class Replicas:
         clock: Callable[[], float] = time.monotonic,
         flush_interval: float | None = None,
         start: bool = True,
+        metrics: Metrics | None = None,
     ) -> TieredSessionStore:
         extra: dict[str, Any] = {} if flush_interval is None else {"flush_interval": flush_interval}
         store = TieredSessionStore(
             run_config(self.redis, **overrides),
             Secrets(redis_password=self.redis.password if password is None else password),
-            Metrics(),
+            metrics or Metrics(),
             get_logger(),
             clock=clock,
             **extra,
@@ -121,3 +125,13 @@ class Replicas:
     ) -> None:
         for store in self._stores:
             await store.close()
+
+
+def redis_errors(metrics: Metrics) -> float:
+    """Redis commands that failed so far, all kinds together."""
+    return sum(
+        sample.value
+        for family in metrics.redis_errors.collect()
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    )

@@ -295,13 +295,12 @@ class TieredSessionStore:
     async def _flush_loop(self) -> None:
         backoff = _reconnect_backoff()
         while True:
-            if self._link.up:
-                backoff.reset()
-                await asyncio.sleep(self._flush_interval)
-            else:
-                await backoff.wait()
+            await (asyncio.sleep(self._flush_interval) if self._link.up else backoff.wait())
+            # Checked after the wait: Redis may have gone away (or come back) meanwhile.
+            if not self._link.up:
                 if not await self._reconnect():
                     continue
+                backoff.reset()
             with contextlib.suppress(StoreUnavailable):
                 await self._pending.flush()
 

@@ -55,14 +55,6 @@ class PendingWrites:
         """Drop a pending create (the session was deleted); True if there was one."""
         return self._creates.pop(session_id, None) is not None
 
-    def _refreshes_due(self, final: bool) -> list[str]:
-        now = self._clock()
-        if not final:
-            if now < self._next_refresh:
-                return []
-            self._next_refresh = now + self._touch_interval
-        return [sid for sid, entry in self._cache.entries() if entry.used_since_refresh]
-
     async def flush(self, *, final: bool = False) -> None:
         """Send pending creates and deletes (with their invalidations) and, when due (on
         the final flush: always), refresh the TTL of used sessions, in one round trip.
@@ -70,8 +62,14 @@ class PendingWrites:
         stays pending."""
         creates = dict(self._creates)
         deletes = list(self._deletes)
-        due = self._refreshes_due(final)
+        now = self._clock()
+        refreshing = final or now >= self._next_refresh
+        due = (
+            [sid for sid, e in self._cache.entries() if e.used_since_refresh] if refreshing else []
+        )
         if not (creates or deletes or due):
+            if refreshing:
+                self._next_refresh = now + self._touch_interval
             return
         keys = self._keys
         pipe = self._link.pipeline()
@@ -85,6 +83,9 @@ class PendingWrites:
         results = iter(
             await self._link.command("flush", pipe.execute(raise_on_error=False), len(pipe))
         )
+        if refreshing:
+            # Only once the batch went through: a failed one is owed at the next flush.
+            self._next_refresh = now + self._touch_interval
         for sid, record in creates.items():
             # Compared by identity: a create queued again meanwhile is a new one.
             if self._succeeded(next(results), "set") and self._creates.get(sid) is record:
