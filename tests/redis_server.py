@@ -147,6 +147,15 @@ class RedisServer:
         for kind in kinds:
             assert "-ERR" not in self.command("CLIENT", "KILL", "TYPE", kind)
 
+    def kill_command_clients(self) -> None:
+        """Disconnect every client except subscribers (and the one asking): the pooled
+        connections of a store, whose next command must connect and log in again, while
+        its subscription (which would tell it at once) lives on."""
+        for line in self.command("CLIENT", "LIST").splitlines():
+            fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+            if "id" in fields and fields.get("cmd") not in ("subscribe", "client|list"):
+                self.command("CLIENT", "KILL", "ID", fields["id"])
+
 
 class CountingListener:
     """Listens on a dead Redis's port and counts the connections made to it, closing each

@@ -82,9 +82,9 @@ def _rotate(via: Literal["config", "acl"]) -> Failure:
     def provoke(redis: RedisServer) -> None:
         redis.set_password(new, via)
         # Redis keeps connections that logged in before: a failover or restart would
-        # not, so every client logs in again (and is refused). The subscription is
-        # spared, so that a request is the first to meet the refusal.
-        redis.kill_clients("normal")
+        # not, so the pooled ones must log in again (and are refused). The subscription
+        # is spared, so that a request, not the listen loop, meets the refusal first.
+        redis.kill_command_clients()
 
     return Failure(provoke, lambda redis: redis.restore_password(via))
 
