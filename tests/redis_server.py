@@ -10,7 +10,6 @@ import shutil
 import socket
 import threading
 from pathlib import Path
-from types import TracebackType
 from typing import Literal
 
 from tests.procs import Proc, free_port, wait_until
@@ -189,12 +188,7 @@ class CountingListener:
         self._thread.start()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         # shutdown() wakes the thread blocked in accept(); close() alone may not.
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
@@ -220,12 +214,7 @@ class RoundTripRelay:
         self.port = int(self._server.sockets[0].getsockname()[1])
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         assert self._server is not None
         self._server.close()
         for task in list(self._handlers):

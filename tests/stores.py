@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from types import TracebackType
 from typing import Any
 
 from proxyrunner.config import RunConfig, Secrets, parse_config
@@ -81,28 +80,18 @@ class Replicas:
 
     async def make(
         self,
+        config: Mapping[str, object] | None = None,
+        *,
         password: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         flush_interval: float | None = None,
         start: bool = True,
         metrics: Metrics | None = None,
-        **overrides: object,
     ) -> TieredSessionStore:
         """A tiered store with these RunConfig fields (ToolHive JSON names)."""
-        return await self.open(overrides, password, clock, flush_interval, start, metrics)
-
-    async def open(
-        self,
-        overrides: Mapping[str, object],
-        password: str | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        flush_interval: float | None = None,
-        start: bool = True,
-        metrics: Metrics | None = None,
-    ) -> TieredSessionStore:
         extra: dict[str, Any] = {} if flush_interval is None else {"flush_interval": flush_interval}
         store = TieredSessionStore(
-            run_config(self.redis, **overrides),
+            run_config(self.redis, **(config or {})),
             Secrets(redis_password=self.redis.password if password is None else password),
             metrics or Metrics(),
             get_logger(),
@@ -117,12 +106,7 @@ class Replicas:
     async def __aenter__(self) -> Replicas:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         for store in self._stores:
             await store.close()
 

@@ -49,7 +49,7 @@ class Harness:
         """A started store with this RunConfig (ToolHive JSON fields, e.g. session_ttl)."""
         self.config = run_config(self.redis, **config)
         if self.replicas is not None:
-            return await self.replicas.open(config, clock=self.clock)
+            return await self.replicas.make(config, clock=self.clock)
         rc = self.config
         store = MemorySessionStore(rc.cache_size, rc.session_ttl, Metrics(), clock=self.clock)
         self._memory.append(store)

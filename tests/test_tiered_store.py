@@ -90,7 +90,7 @@ async def test_warm_lookups_cost_at_most_005_redis_commands_each(
 ) -> None:
     # Short intervals so that several refresh and re-read cycles happen in the test:
     # the budget must hold with the background work included.
-    a = await replica(session_local_max_age="1s", session_touch_interval="1s")
+    a = await replica({"session_local_max_age": "1s", "session_touch_interval": "1s"})
     sessions = [record() for _ in range(5)]
     for session in sessions:
         await a.create(session)

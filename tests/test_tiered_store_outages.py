@@ -278,7 +278,7 @@ async def test_cached_sessions_keep_serving_past_their_max_age_while_redis_is_do
     replicas: Replicas, redis_server: RedisServer
 ) -> None:
     clock = FakeClock()
-    store = await replicas.make(clock=clock, session_local_max_age="15s")
+    store = await replicas.make({"session_local_max_age": "15s"}, clock=clock)
     session, stale = record(), record()
     await store.create(session)
     await store.create(stale)
@@ -303,7 +303,7 @@ async def test_deletes_and_refreshes_queued_during_an_outage_reach_redis_after_i
 ) -> None:
     clock = FakeClock()
     async with Replicas(persistent_redis) as replicas:
-        store = await replicas.make(clock=clock, session_touch_interval="1s")
+        store = await replicas.make({"session_touch_interval": "1s"}, clock=clock)
         used, dropped = record(), record()
         await store.create(used)
         await store.create(dropped)
@@ -355,7 +355,7 @@ async def test_the_final_flush_sends_creates_deletes_and_refreshes_in_one_round_
     async with RoundTripRelay(redis_server.port) as relay:
         via_relay = {"address": f"127.0.0.1:{relay.port}", "key_prefix": "test"}
         # The flush loop stays asleep: what is pending is the final flush's to send.
-        store = await replicas.make(session_redis=via_relay, flush_interval=3600)
+        store = await replicas.make({"session_redis": via_relay}, flush_interval=3600)
         used = [record() for _ in range(5)]
         for session in used:
             await store.create(session)

@@ -20,14 +20,16 @@ from tests.redis_server import RedisServer
 KEY_PREFIX = "e2e:demo:session:"
 
 
-def start_proxy_on(start_proxy: StartProxy, redis: RedisServer, backend_url: str) -> Proxy:
+@pytest.fixture
+def proxy(start_backend: StartBackend, start_proxy: StartProxy, redis_server: RedisServer) -> Proxy:
+    """A proxy with one backend, keeping sessions in ``redis_server``."""
     config = {
         "name": "demo",
-        "backend_urls": [backend_url],
-        "session_redis": {"address": redis.address, "key_prefix": "e2e"},
+        "backend_urls": [start_backend("alpha").url],
+        "session_redis": {"address": redis_server.address, "key_prefix": "e2e"},
         "drain_delay": "0s",
     }
-    return start_proxy(config, env={"THV_SESSION_REDIS_PASSWORD": redis.password})
+    return start_proxy(config, env={"THV_SESSION_REDIS_PASSWORD": redis_server.password})
 
 
 def readyz(proxy: Proxy) -> tuple[int, str]:
@@ -86,10 +88,8 @@ def background_failures(proxy: Proxy) -> list[dict[str, Any]]:
 
 @pytest.mark.timeout(120)
 async def test_health_stays_200_throughout_a_redis_outage(
-    start_backend: StartBackend, start_proxy: StartProxy, redis_server: RedisServer
+    proxy: Proxy, redis_server: RedisServer
 ) -> None:
-    alpha = start_backend("alpha")
-    proxy = start_proxy_on(start_proxy, redis_server, alpha.url)
     async with aiohttp.ClientSession() as http:
         session_id = await raw_initialize(http, proxy.url)
         async with HealthWatch(http, proxy) as health:
@@ -108,10 +108,8 @@ async def test_health_stays_200_throughout_a_redis_outage(
 
 @pytest.mark.timeout(120)
 async def test_a_rotated_redis_password_is_an_outage_until_it_is_restored(
-    start_backend: StartBackend, start_proxy: StartProxy, redis_server: RedisServer
+    proxy: Proxy, redis_server: RedisServer
 ) -> None:
-    alpha = start_backend("alpha")
-    proxy = start_proxy_on(start_proxy, redis_server, alpha.url)
     rotated = secrets.token_urlsafe(16)
     async with aiohttp.ClientSession() as http:
         session_id = await raw_initialize(http, proxy.url)
