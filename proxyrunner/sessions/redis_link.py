@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import ssl
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
@@ -170,9 +170,13 @@ class RedisLink:
                 self._mark_down(exc.__class__.__name__)
             raise StoreUnavailable(f"redis {kind} failed ({exc.__class__.__name__})") from exc
 
-    async def command(self, kind: str, awaitable: Awaitable[T], count: int = 1) -> T:
-        """Await one command (or one pipeline of ``count`` commands), counting it."""
-        self._metrics.redis_commands.labels(kind=kind).inc(count)
+    async def command(
+        self, kind: str, awaitable: Awaitable[T], count: int | Mapping[str, int] = 1
+    ) -> T:
+        """Await one command, or one pipeline of ``count`` commands (a number of ``kind``,
+        or a number per kind), counting them in ``redis_commands``."""
+        for counted, n in count.items() if isinstance(count, Mapping) else [(kind, count)]:
+            self._metrics.redis_commands.labels(kind=counted).inc(n)
         with self.errors(kind):
             return await awaitable
 

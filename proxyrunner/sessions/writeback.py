@@ -80,8 +80,12 @@ class PendingWrites:
             pipe.publish(keys.channel, keys.message(sid))
         for sid in due:
             pipe.expire(keys.key(sid), keys.ttl)
+        # Counted by kind, as if sent one by one: the metric's kinds stay what they were.
+        kinds = {"set": len(creates), "delete": len(deletes), "publish": len(deletes)}
+        kinds["touch"] = len(due)
+        counts = {kind: n for kind, n in kinds.items() if n}
         results = iter(
-            await self._link.command("flush", pipe.execute(raise_on_error=False), len(pipe))
+            await self._link.command("flush", pipe.execute(raise_on_error=False), counts)
         )
         if refreshing:
             # Only once the batch went through: a failed one is owed at the next flush.
