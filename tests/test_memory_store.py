@@ -1,31 +1,26 @@
-"""The in-memory session store: bounded, idle expiry, compare-and-set re-binding."""
+"""The in-memory store's own behaviour: the size bound drops whole sessions, least
+recently used first, and a use restarts the idle timer. What every store does is in
+test_store_contract.py; the record and its ids are tested here too."""
 
 from __future__ import annotations
 
 from proxyrunner.metrics import Metrics
 from proxyrunner.sessions.memory import MemorySessionStore
 from proxyrunner.sessions.record import SessionRecord, new_session_id
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.stores import FakeClock
 
 
 def record(session_id: str, backend: str = "b0") -> SessionRecord:
     return SessionRecord(session_id, backend, "backend-sid", "2025-06-18", "streamable-http", 0, 0)
 
 
-async def test_idle_sessions_expire_after_the_ttl_and_used_ones_do_not() -> None:
+async def test_each_use_restarts_the_idle_timer_so_used_sessions_outlive_the_ttl() -> None:
     clock = FakeClock()
     store = MemorySessionStore(10, ttl=60, metrics=Metrics(), clock=clock)
     await store.create(record("idle"))
     await store.create(record("busy"))
     for _ in range(3):
-        clock.now += 40
+        clock.advance(40)
         assert await store.get("busy") is not None
     assert await store.get("idle") is None
     assert dict(store.local_sessions_by_backend()) == {"b0": 1}
@@ -39,34 +34,6 @@ async def test_the_store_never_holds_more_than_its_size() -> None:
     assert await store.get("s1") is None
     assert all([await store.get(f"s{i}") for i in (2, 3, 4)])
     assert sum(store.local_sessions_by_backend().values()) == 3
-
-
-async def test_creating_an_existing_id_fails() -> None:
-    store = MemorySessionStore(3, ttl=60, metrics=Metrics())
-    assert await store.create(record("same", "b0"))
-    assert not await store.create(record("same", "b1"))
-    found = await store.get("same")
-    assert found is not None
-    assert found.backend == "b0"
-
-
-async def test_rebind_is_compare_and_set_on_the_backend() -> None:
-    store = MemorySessionStore(3, ttl=60, metrics=Metrics())
-    await store.create(record("s", "b0"))
-    assert await store.rebind("s", "b0", record("s", "b1"))
-    assert not await store.rebind("s", "b0", record("s", "b2"))
-    found = await store.get("s")
-    assert found is not None
-    assert found.backend == "b1"
-    assert dict(store.local_sessions_by_backend()) == {"b1": 1}
-
-
-async def test_delete_removes_and_reports_whether_it_existed() -> None:
-    store = MemorySessionStore(3, ttl=60, metrics=Metrics())
-    await store.create(record("s"))
-    assert await store.delete("s")
-    assert not await store.delete("s")
-    assert await store.get("s") is None
 
 
 def test_session_ids_are_long_random_visible_ascii() -> None:

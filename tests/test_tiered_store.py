@@ -1,4 +1,7 @@
-"""The LRU-over-Redis session store, two or more "replicas" against a real redis-server."""
+"""The LRU-over-Redis session store, two or more "replicas" against a real redis-server.
+
+What every store does is in test_store_contract.py; Redis outages, refused credentials
+and the errors that must not leak are in test_redis_outages.py."""
 
 from __future__ import annotations
 
@@ -11,59 +14,22 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from proxyrunner.config import RunConfig, Secrets, parse_config
+from proxyrunner.config import Secrets
 from proxyrunner.errors import StartupError
 from proxyrunner.logging import get_logger
 from proxyrunner.metrics import Metrics
 from proxyrunner.sessions.record import SessionRecord, could_be_session_id, new_session_id
 from proxyrunner.sessions.tiered import TieredSessionStore
 from tests.redis_server import RedisServer
+from tests.stores import Replicas, eventually_async, record, run_config
 
 Factory = Callable[..., Coroutine[Any, Any, TieredSessionStore]]
 
 
-def config_for(redis: RedisServer, **overrides: object) -> RunConfig:
-    doc: dict[str, object] = {
-        "name": "demo",
-        "remote_url": "http://127.0.0.1:1/mcp",
-        "session_redis": {"address": redis.address, "key_prefix": "test"},
-        **overrides,
-    }
-    return parse_config(doc)[0]
-
-
-def record(backend: str = "b0") -> SessionRecord:
-    now = time.time()
-    return SessionRecord(
-        new_session_id(), backend, "backend-sid", "2025-06-18", "streamable-http", now, now, "{}"
-    )
-
-
 @pytest.fixture
 async def replica(redis_server: RedisServer) -> AsyncIterator[Factory]:
-    stores: list[TieredSessionStore] = []
-
-    async def make(password: str | None = None, **overrides: object) -> TieredSessionStore:
-        store = TieredSessionStore(
-            config_for(redis_server, **overrides),
-            Secrets(redis_password=redis_server.password if password is None else password),
-            Metrics(),
-            get_logger(),
-        )
-        await store.start()
-        stores.append(store)
-        return store
-
-    yield make
-    for store in stores:
-        await store.close()
-
-
-async def eventually_async(check: Callable[[], Coroutine[Any, Any, bool]], seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while not await check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
+    async with Replicas(redis_server) as replicas:
+        yield replicas.make
 
 
 async def test_a_session_created_on_one_replica_is_served_by_another(replica: Factory) -> None:
@@ -86,7 +52,7 @@ async def test_delete_on_one_replica_reaches_the_other_within_a_second(
     async def gone() -> bool:
         return await b.get(session.session_id) is None
 
-    await eventually_async(gone, 1.0)
+    await eventually_async(gone, 1.0, "the delete to reach b")
     assert time.monotonic() - started < 1.0
 
 
@@ -124,7 +90,7 @@ async def test_warm_lookups_cost_at_most_005_redis_commands_each(
 ) -> None:
     # Short intervals so that several refresh and re-read cycles happen in the test:
     # the budget must hold with the background work included.
-    a = await replica(session_local_max_age="1s", session_touch_interval="1s")
+    a = await replica({"session_local_max_age": "1s", "session_touch_interval": "1s"})
     sessions = [record() for _ in range(5)]
     for session in sessions:
         await a.create(session)
@@ -140,13 +106,6 @@ async def test_warm_lookups_cost_at_most_005_redis_commands_each(
     assert lookups > 2000
     assert commands / lookups <= 0.05, (commands, lookups)
     assert commands > 0, "TTL refreshes and re-reads did happen"
-
-
-async def test_the_local_cache_is_bounded_by_session_cache_size(replica: Factory) -> None:
-    a = await replica(session_cache_size=3)
-    for _ in range(10):
-        await a.create(record())
-    assert sum(a.local_sessions_by_backend().values()) == 3
 
 
 async def test_cached_sessions_keep_working_while_redis_is_down(
@@ -186,7 +145,7 @@ async def test_wrong_password_is_a_startup_error_that_never_shows_the_password(
 ) -> None:
     wrong = "not-the-password-x9"
     store = TieredSessionStore(
-        config_for(redis_server), Secrets(redis_password=wrong), Metrics(), get_logger()
+        run_config(redis_server), Secrets(redis_password=wrong), Metrics(), get_logger()
     )
     with capture_logs() as logs, pytest.raises(StartupError) as info:
         await store.start()
@@ -202,7 +161,7 @@ async def test_wrong_password_is_a_startup_error_that_never_shows_the_password(
 async def test_redis_unreachable_at_start_does_not_fail_start(redis_server: RedisServer) -> None:
     redis_server.kill()
     store = TieredSessionStore(
-        config_for(redis_server), Secrets(redis_password="x"), Metrics(), get_logger()
+        run_config(redis_server), Secrets(redis_password="x"), Metrics(), get_logger()
     )
     with capture_logs():
         await store.start()

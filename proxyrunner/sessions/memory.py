@@ -7,11 +7,12 @@ O(1) per removed entry; a get on a live session is a dict lookup and a move-to-e
 from __future__ import annotations
 
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from proxyrunner.metrics import Metrics
+from proxyrunner.sessions.counts import BackendCounts
 from proxyrunner.sessions.record import SessionRecord
 from proxyrunner.sessions.store import StoreHealth
 
@@ -34,7 +35,7 @@ class MemorySessionStore:
         self._metrics = metrics
         # session id -> (record, last use); the dict's order is least recently used first.
         self._entries: OrderedDict[str, tuple[SessionRecord, float]] = OrderedDict()
-        self._by_backend: Counter[str] = Counter()
+        self._by_backend = BackendCounts()
 
     async def start(self) -> None:
         return None
@@ -52,15 +53,10 @@ class MemorySessionStore:
         if entry is None:
             return None
         record = entry[0]
-        self._uncount(record.backend)
+        self._by_backend.remove(record.backend)
         self._metrics.sessions_ended.labels(reason=reason).inc()
         self._metrics.sessions_live.set(len(self._entries))
         return record
-
-    def _uncount(self, backend: str) -> None:
-        self._by_backend[backend] -= 1
-        if self._by_backend[backend] <= 0:
-            del self._by_backend[backend]
 
     def _expire(self, now: float) -> None:
         deadline = now - self._ttl
@@ -78,7 +74,7 @@ class MemorySessionStore:
         while len(self._entries) >= self._max:
             self._drop(next(iter(self._entries)), "evicted")
         self._entries[record.session_id] = (record, now)
-        self._by_backend[record.backend] += 1
+        self._by_backend.add(record.backend)
         self._metrics.sessions_created.inc()
         self._metrics.sessions_live.set(len(self._entries))
         return True
@@ -103,8 +99,8 @@ class MemorySessionStore:
         entry = self._entries.get(session_id)
         if entry is None or entry[0].backend != expected_backend:
             return False
-        self._uncount(expected_backend)
-        self._by_backend[record.backend] += 1
+        self._by_backend.remove(expected_backend)
+        self._by_backend.add(record.backend)
         self._entries[session_id] = (replace(record, session_id=session_id), self._clock())
         self._entries.move_to_end(session_id)
         return True
@@ -114,4 +110,4 @@ class MemorySessionStore:
 
     def local_sessions_by_backend(self) -> Mapping[str, int]:
         self._expire(self._clock())
-        return self._by_backend
+        return self._by_backend.view()

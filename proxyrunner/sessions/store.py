@@ -31,7 +31,8 @@ class SessionStore(Protocol):
         retrying cannot fix (Redis refused our credentials)."""
 
     async def close(self) -> None:
-        """Flush pending writes (bounded) and release connections and tasks."""
+        """Flush pending writes (one round trip) and release connections and tasks.
+        Safe to cancel at a deadline: connections and tasks are released regardless."""
 
     def health(self) -> StoreHealth: ...
 
@@ -52,4 +53,5 @@ class SessionStore(Protocol):
 
     def local_sessions_by_backend(self) -> Mapping[str, int]:
         """Live sessions per backend as this process knows them (for least-sessions
-        placement); exact for the memory store, this replica's view for a shared one."""
+        placement); exact for the memory store, this replica's view for a shared one.
+        Kept up to date as sessions come and go: the call costs O(backends)."""
