@@ -135,12 +135,20 @@ class HotHistogram(Collector):
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = HotCounter(
-            "proxyrunner_requests",
-            "Proxied MCP HTTP requests by JSON-RPC method and HTTP status.",
-            ("method", "status"),
-            registry=r,
-        )
+
+        def counter(name: str, doc: str, *labels: str) -> Counter:
+            return Counter(f"proxyrunner_{name}", doc, labels, registry=r)
+
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(f"proxyrunner_{name}", doc, registry=r)
+
+        def hot(name: str, doc: str, *labels: str) -> HotCounter:
+            return HotCounter(f"proxyrunner_{name}", doc, labels, registry=r)
+
+        self.requests = hot(
+            "requests", "Proxied MCP HTTP requests by JSON-RPC method and HTTP status.",
+            "method", "status",
+        )  # fmt: skip
         self.request_duration = HotHistogram(
             "proxyrunner_request_duration_seconds",
             "Time from receiving a request to the end of its answer, by method.",
@@ -148,70 +156,45 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.inflight = Gauge(
-            "proxyrunner_inflight_requests",
-            "Requests being served now (read at scrape time).",
-            registry=r,
-        )
-        self.streams_open = Gauge(
-            "proxyrunner_streams_open", "Open server-sent-event streams to clients.", registry=r
-        )
-        self.backend_errors = Counter(
-            "proxyrunner_backend_errors",
+        self.inflight = gauge("inflight_requests", "Requests being served now.")
+        self.streams_open = gauge("streams_open", "Open client listen streams (SSE).")
+        self.backend_errors = counter(
+            "backend_errors",
             "Requests that failed to reach a backend, by kind (refused, timeout, reset).",
-            ["kind"],
-            registry=r,
+            "kind",
         )
-        self.backends_ready = Gauge(
-            "proxyrunner_backends_ready", "Backends currently ready to serve.", registry=r
-        )
-        self.sessions_live = Gauge(
-            "proxyrunner_sessions_live", "Sessions held in this process's store.", registry=r
-        )
-        self.sessions_created = Counter(
-            "proxyrunner_sessions_created", "Sessions created by this process.", registry=r
-        )
-        self.sessions_ended = Counter(
-            "proxyrunner_sessions_ended",
+        self.backends_ready = gauge("backends_ready", "Backends currently ready to serve.")
+        self.sessions_live = gauge("sessions_live", "Sessions held in this process's store.")
+        self.sessions_created = counter("sessions_created", "Sessions created by this process.")
+        self.sessions_ended = counter(
+            "sessions_ended",
             "Sessions removed from this process's store, by reason "
             "(deleted, expired, evicted, invalidated).",
-            ["reason"],
-            registry=r,
+            "reason",
         )
-        self.sessions_rebound = Counter(
-            "proxyrunner_sessions_rebound",
-            "Sessions re-initialized on another backend after theirs went away.",
-            registry=r,
+        self.sessions_rebound = counter(
+            "sessions_rebound", "Sessions re-initialized on another backend after theirs went away."
         )
-        self.store_lookups = HotCounter(
-            "proxyrunner_session_cache_lookups",
+        self.store_lookups = hot(
+            "session_cache_lookups",
             "Session lookups in the local cache, by result: hit, miss, malformed (an id"
             " that cannot be one of ours, answered without asking Redis).",
-            ("result",),
-            registry=r,
+            "result",
         )
-        self.redis_commands = Counter(
-            "proxyrunner_redis_commands",
+        self.redis_commands = counter(
+            "redis_commands",
             "Redis commands sent, by kind (get, set, touch, delete, publish, ...).",
-            ["kind"],
-            registry=r,
+            "kind",
         )
-        self.redis_errors = Counter(
-            "proxyrunner_redis_errors",
-            "Redis commands that failed, by kind.",
-            ["kind"],
-            registry=r,
-        )
-        self.invalidations = Counter(
-            "proxyrunner_session_invalidations_received",
+        self.redis_errors = counter("redis_errors", "Redis commands that failed, by kind.", "kind")
+        self.invalidations = counter(
+            "session_invalidations_received",
             "Session invalidation messages received from other replicas.",
-            registry=r,
         )
-        self.apply_total = Counter(
-            "proxyrunner_statefulset_apply",
+        self.apply_total = counter(
+            "statefulset_apply",
             "Backend StatefulSet applies, by result (applied, skipped, conflict, error).",
-            ["result"],
-            registry=r,
+            "result",
         )
 
     def render(self) -> bytes:
