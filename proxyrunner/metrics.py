@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterator
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.exposition import generate_latest
@@ -46,10 +47,13 @@ class _IntChild:
         self.value += amount
 
 
-class HotCounter(Collector):
-    """A labelled counter for the hot path: ``labels(...).inc()`` adds to a plain int
-    (no lock, no float boxing) and the registry reads the ints at scrape time. Safe because
-    all increments happen on the event loop thread."""
+_Child = TypeVar("_Child")
+
+
+class _HotFamily(Collector, Generic[_Child]):
+    """A labelled metric for the hot path: ``labels(...)`` returns a plain child object
+    (no lock, no float boxing) whose values the registry reads at scrape time. Safe because
+    every update happens on the event loop thread."""
 
     def __init__(
         self,
@@ -61,24 +65,45 @@ class HotCounter(Collector):
         self._name = name
         self._documentation = documentation
         self._labelnames = labelnames
-        self._children: dict[tuple[str, ...], _IntChild] = {}
+        self._children: dict[tuple[str, ...], _Child] = {}
         registry.register(self)
 
-    def labels(self, *values: str, **by_name: str) -> _IntChild:
+    def labels(self, *values: str, **by_name: str) -> _Child:
         key = values or tuple(by_name[n] for n in self._labelnames)
         child = self._children.get(key)
         if child is None:
-            child = self._children[key] = _IntChild()
+            child = self._children[key] = self._new_child()
         return child
 
+    def _new_child(self) -> _Child:
+        raise NotImplementedError
+
+    def _empty(self) -> Metric:
+        raise NotImplementedError
+
+    def _add(self, family: Metric, key: tuple[str, ...], child: _Child) -> None:
+        raise NotImplementedError
+
     def collect(self) -> Iterator[Metric]:
-        family = CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
+        family = self._empty()
         for key, child in self._children.items():
-            family.add_metric(list(key), child.value)
+            self._add(family, key, child)
         yield family
 
     def describe(self) -> Iterator[Metric]:
-        yield CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
+        yield self._empty()
+
+
+class HotCounter(_HotFamily[_IntChild]):
+    def _new_child(self) -> _IntChild:
+        return _IntChild()
+
+    def _empty(self) -> CounterMetricFamily:
+        return CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
+
+    def _add(self, family: Metric, key: tuple[str, ...], child: _IntChild) -> None:
+        assert isinstance(family, CounterMetricFamily)
+        family.add_metric(list(key), child.value)
 
 
 class _HistogramChild:
@@ -94,9 +119,7 @@ class _HistogramChild:
         self.sum += value
 
 
-class HotHistogram(Collector):
-    """A labelled histogram for the hot path, on the same terms as HotCounter."""
-
+class HotHistogram(_HotFamily[_HistogramChild]):
     def __init__(
         self,
         name: str,
@@ -105,31 +128,22 @@ class HotHistogram(Collector):
         buckets: tuple[float, ...],
         registry: CollectorRegistry,
     ) -> None:
-        self._name = name
-        self._documentation = documentation
-        self._labelnames = labelnames
         self._buckets = tuple(sorted(buckets))
-        self._children: dict[tuple[str, ...], _HistogramChild] = {}
-        registry.register(self)
+        super().__init__(name, documentation, labelnames, registry)
 
-    def labels(self, *values: str) -> _HistogramChild:
-        child = self._children.get(values)
-        if child is None:
-            child = self._children[values] = _HistogramChild(self._buckets)
-        return child
+    def _new_child(self) -> _HistogramChild:
+        return _HistogramChild(self._buckets)
 
-    def collect(self) -> Iterator[Metric]:
-        family = HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)
-        for key, child in self._children.items():
-            cumulative, running = [], 0
-            for bound, count in zip((*self._buckets, float("inf")), child.counts, strict=True):
-                running += count
-                cumulative.append(("+Inf" if bound == float("inf") else repr(bound), running))
-            family.add_metric(list(key), cumulative, child.sum)
-        yield family
+    def _empty(self) -> HistogramMetricFamily:
+        return HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)
 
-    def describe(self) -> Iterator[Metric]:
-        yield HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)
+    def _add(self, family: Metric, key: tuple[str, ...], child: _HistogramChild) -> None:
+        assert isinstance(family, HistogramMetricFamily)
+        cumulative, running = [], 0
+        for bound, count in zip((*self._buckets, float("inf")), child.counts, strict=True):
+            running += count
+            cumulative.append(("+Inf" if bound == float("inf") else repr(bound), running))
+        family.add_metric(list(key), cumulative, child.sum)
 
 
 class Metrics:

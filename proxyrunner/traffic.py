@@ -17,6 +17,7 @@ in ``cancelled``, which the ``drained`` log line reports.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -53,27 +54,28 @@ class Traffic:
 
     @contextmanager
     def request(self) -> Iterator[None]:
-        self._requests += 1
-        self._changed()
-        try:
-            yield
-        except asyncio.CancelledError:
-            if self.draining:
-                self.cancelled += 1
-            raise
-        finally:
-            self._requests -= 1
-            self._changed()
+        with self._counting(requests=1):
+            try:
+                yield
+            except asyncio.CancelledError:
+                if self.draining:
+                    self.cancelled += 1
+                raise
+
+    def listen_stream(self) -> contextlib.AbstractContextManager[None]:
+        """Within a ``request()``: the request is now a stream that drain may end early."""
+        return self._counting(streams=1)
 
     @contextmanager
-    def listen_stream(self) -> Iterator[None]:
-        """Within a ``request()``: the request is now a stream that drain may end early."""
-        self._streams += 1
+    def _counting(self, requests: int = 0, streams: int = 0) -> Iterator[None]:
+        self._requests += requests
+        self._streams += streams
         self._changed()
         try:
             yield
         finally:
-            self._streams -= 1
+            self._requests -= requests
+            self._streams -= streams
             self._changed()
 
     def _changed(self) -> None:

@@ -42,15 +42,12 @@ class PodAttachments:
         log: structlog.stdlib.BoundLogger,
         *,
         path: str,
-        max_body: int,
-        session_idle: float,
+        new_bridge: Callable[[str], StdioBridge],
     ) -> None:
-        self._attach = attach
-        self._tasks = tasks
-        self._log = log
+        """``new_bridge(pod name)`` makes the bridge one attach loop serves."""
+        self._attach, self._tasks, self._log = attach, tasks, log
         self._path = path
-        self._max_body = max_body
-        self._session_idle = session_idle
+        self._new_bridge = new_bridge
         self._bridges: dict[str, StdioBridge] = {}
         self._pods: set[str] = set()  # pods whose attach loop runs under self._tasks
         self._stopping: set[asyncio.Task[None]] = set()
@@ -98,9 +95,7 @@ class PodAttachments:
         log = self._log.bind(backend=name)
         loop = asyncio.get_running_loop()
         backoff = Backoff(first=_BACKOFF_FIRST, maximum=_BACKOFF_MAX, reset_after=_ATTACH_STABLE)
-        bridge = StdioBridge(
-            name, self._log, max_body=self._max_body, session_idle=self._session_idle
-        )
+        bridge = self._new_bridge(name)
         self._bridges[name] = bridge
         try:
             await bridge.start("127.0.0.1", 0)

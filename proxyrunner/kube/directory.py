@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
@@ -21,6 +22,7 @@ from yarl import URL
 
 from proxyrunner.backends.channel import MessageChannel
 from proxyrunner.backends.directory import Backend
+from proxyrunner.backends.stdio import StdioBridge
 from proxyrunner.backoff import Backoff
 from proxyrunner.config import RunConfig
 from proxyrunner.errors import ProxyRunnerError, StartupError
@@ -131,8 +133,12 @@ class KubernetesBackendDirectory:
                 self._tasks,
                 self._log,
                 path="/sse" if backend.served_protocol == "sse" else "/mcp",
-                max_body=config.listen.max_request_body,
-                session_idle=config.sessions.ttl,
+                new_bridge=functools.partial(
+                    StdioBridge,
+                    log=self._log,
+                    max_body=config.listen.max_request_body,
+                    session_idle=config.sessions.ttl,
+                ),
             )
         self.applier = WorkloadApplier(api, config, self._ns, metrics, self._log)
         if self._stdio and (backend.replicas or 0) > 1:

@@ -74,15 +74,11 @@ class Fetched:
 
 class Forwarder:
     def __init__(
-        self,
-        client: aiohttp.ClientSession,
-        pool: UpstreamPool,
-        timeout: float,
-        max_body: int,
+        self, client: aiohttp.ClientSession, pool: UpstreamPool, timeout: float, max_body: int
     ) -> None:
-        self._client = client
-        self._pool = pool
+        self._client, self._pool = client, pool
         self.timeout = timeout
+        """Seconds a backend may take to send its response headers (backend_timeout)."""
         self._max_body = max_body
         self._deadlines = DeadlineWatch()
         self._targets: dict[URL, _PooledTarget | None] = {}
