@@ -10,6 +10,7 @@ address the pod by IP, and nothing there reaches a backend.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Final
 
 from aiohttp import web
@@ -31,7 +32,7 @@ from proxyrunner.proxy.streamable import StreamableHTTP
 PARTS_KEY: Final = web.AppKey("proxy_parts", ProxyParts)
 
 
-def stages(parts: ProxyParts) -> list[Stage]:
+def default_stages(parts: ProxyParts) -> list[Stage]:
     """The ordered stages every MCP request passes before it is routed. A stage that is
     off is not in the list. New stages (authentication, authorization, audit, telemetry)
     go between the header check and routing."""
@@ -90,8 +91,10 @@ async def _metrics(request: web.Request) -> web.Response:
     return response
 
 
-def build_app(parts: ProxyParts) -> web.Application:
+def build_app(parts: ProxyParts, stages: Sequence[Stage] | None = None) -> web.Application:
+    """The application; ``stages`` replaces the default list (tests, embedders)."""
     config = parts.config
+    chosen = default_stages(parts) if stages is None else list(stages)
     app = web.Application(
         client_max_size=config.listen.max_request_body,
         handler_args={"max_field_size": 16 * 1024},
@@ -105,16 +108,12 @@ def build_app(parts: ProxyParts) -> web.Application:
     if config.backend.served_protocol == "sse":
         # A legacy SSE backend is served to clients as what it is (and a stdio one as
         # legacy SSE when proxy_mode asks for it).
-        legacy = compose(
-            stages(parts), LegacySSE(parts, router, relay).handle, traffic, parts.metrics
-        )
+        legacy = compose(chosen, LegacySSE(parts, router, relay).handle, traffic, parts.metrics)
         app.router.add_get("/sse", legacy)
         app.router.add_post("/messages", legacy)
         app.router.add_post("/messages/", legacy)
     else:
-        mcp = compose(
-            stages(parts), StreamableHTTP(parts, router, relay).handle, traffic, parts.metrics
-        )
+        mcp = compose(chosen, StreamableHTTP(parts, router, relay).handle, traffic, parts.metrics)
         for method in ("POST", "GET", "DELETE"):
             app.router.add_route(method, "/mcp", mcp)
         for method in ("PUT", "PATCH"):

@@ -3,6 +3,7 @@ SDK server that speaks SSE. The client sees only the proxy's endpoint and sessio
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -97,3 +98,49 @@ async def running(app: web.Application) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
+
+
+async def test_a_legacy_message_the_backend_never_answers_gets_504_at_backend_timeout(
+    start_proxy: StartProxy,
+) -> None:
+    never = asyncio.Event()
+
+    async def messages(request: web.Request) -> web.Response:
+        await never.wait()  # the backend takes the POST and never answers it
+        return web.Response(status=202)
+
+    async def sse(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b"event: endpoint\ndata: /messages?s=1\n\n")
+        await never.wait()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/sse", sse)
+    app.router.add_post("/messages", messages)
+    async with running(app) as server_url:
+        proxy = start_proxy(
+            {
+                "name": "legacy",
+                "transport": "sse",
+                "remote_url": f"{server_url}/sse",
+                "backend_timeout": "1s",
+            },
+            wait=False,
+        )
+        await eventually(lambda: http_status(f"{proxy.base}/readyz") == 200, 30, "the proxy")
+        async with aiohttp.ClientSession() as http, http.get(f"{proxy.base}/sse") as stream:
+            first = await stream.content.readuntil(b"\n\n")
+            endpoint = first.decode().split("data: ", 1)[1].strip()
+            started = asyncio.get_running_loop().time()
+            async with http.post(f"{proxy.base}{endpoint}", json={"jsonrpc": "2.0"}) as posted:
+                assert posted.status == 504
+                body = await posted.json()
+            waited = asyncio.get_running_loop().time() - started
+            async with http.get(f"{proxy.base}/metrics") as scraped:
+                metrics = await scraped.text()
+        never.set()
+    assert body["error"]["code"] == -32003
+    assert 1.0 <= waited < 5.0
+    assert 'proxyrunner_backend_errors_total{kind="timeout"} 1.0' in metrics

@@ -1,0 +1,206 @@
+"""The request pipeline's stage interface, proven with stages a test adds to the real list:
+the proxy app in-process, in front of a real SDK-built MCP server, driven by the official
+SDK client. What a stage can do: read the parsed JSON-RPC message (parsed once), refuse a
+request before it reaches the backend, and wrap the backend call to see its answer,
+SSE events included."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from mcp import Client
+
+from proxyrunner.backends.local import LocalBackendDirectory
+from proxyrunner.config import parse_config
+from proxyrunner.logging import get_logger
+from proxyrunner.metrics import Metrics
+from proxyrunner.proxy.errors import RequestRefused
+from proxyrunner.proxy.forward import Forwarder
+from proxyrunner.proxy.parts import ProxyParts
+from proxyrunner.proxy.pipeline import Exchange, Next, Stage
+from proxyrunner.proxy.server import build_app, default_stages
+from proxyrunner.proxy.upstream import UpstreamPool
+from proxyrunner.sessions.memory import MemorySessionStore
+from proxyrunner.traffic import Traffic
+from tests.conftest import StartBackend
+
+HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+@dataclass
+class Watcher:
+    statuses: list[int] = field(default_factory=list)
+    messages: list[Any] = field(default_factory=list)
+    ended: list[BaseException | None] = field(default_factory=list)
+
+    def on_response(self, status: int, headers: Any) -> None:
+        self.statuses.append(status)
+
+    def on_message(self, message: Any) -> None:
+        self.messages.append(message)
+
+    def on_end(self, error: BaseException | None) -> None:
+        self.ended.append(error)
+
+
+@dataclass
+class Recorder:
+    """A stage that notes the methods it saw, refuses one tool, and watches answers."""
+
+    name: str = "recorder"
+    refused_tool: str = "add"
+    seen: list[str] = field(default_factory=list)
+    same_message: list[bool] = field(default_factory=list)
+    watchers: list[Watcher] = field(default_factory=list)
+    order: list[str] = field(default_factory=list)
+
+    async def handle(self, exchange: Exchange, call_next: Next) -> web.StreamResponse:
+        message = exchange.message() if isinstance(exchange.body, bytes) and exchange.body else None
+        if isinstance(message, dict):
+            self.seen.append(str(message.get("method")))
+            self.same_message.append(exchange.message() is message)
+            params = message.get("params") or {}
+            if message.get("method") == "tools/call" and params.get("name") == self.refused_tool:
+                raise RequestRefused(f"tool {self.refused_tool} is not allowed here")
+        watcher = Watcher()
+        self.watchers.append(watcher)
+        exchange.watch(watcher)
+        self.order.append("before")
+        response = await call_next(exchange)
+        self.order.append("after")
+        return response
+
+
+async def serve(backend_url: str, extra: list[Stage]) -> AsyncIterator[tuple[str, ProxyParts]]:
+    config, _ = parse_config({"name": "demo", "remote_url": backend_url})
+    log = get_logger().bind(test="pipeline")
+    metrics = Metrics()
+    async with aiohttp.ClientSession() as client:
+        pool = UpstreamPool()
+        directory = LocalBackendDirectory(config, metrics, log, client)
+        await directory.start()
+        forwarder = Forwarder(client, pool, config.backend.timeout, config.listen.max_request_body)
+        store = MemorySessionStore(config.sessions.cache_size, config.sessions.ttl, metrics)
+        parts = ProxyParts(config, store, directory, metrics, Traffic(), forwarder, log)
+        server = TestServer(build_app(parts, [*default_stages(parts), *extra]), host="127.0.0.1")
+        await server.start_server()
+        try:
+            yield str(server.make_url("/mcp")), parts
+        finally:
+            await server.close()
+            await directory.close()
+            await pool.close()
+
+
+@pytest.fixture
+async def proxied(start_backend: StartBackend) -> AsyncIterator[tuple[str, Recorder]]:
+    recorder = Recorder()
+    backend = start_backend("alpha")
+    async for url, _ in serve(backend.url, [recorder]):
+        yield url, recorder
+
+
+async def test_a_stage_reads_each_message_parsed_once(proxied: tuple[str, Recorder]) -> None:
+    url, recorder = proxied
+    async with Client(url, mode="legacy") as client:
+        await client.call_tool("echo", {"text": "hi"})
+    assert recorder.seen[0] == "initialize"
+    assert "tools/call" in recorder.seen
+    assert all(recorder.same_message)
+
+
+async def test_a_stage_refuses_a_request_before_it_reaches_the_backend(
+    proxied: tuple[str, Recorder],
+) -> None:
+    url, recorder = proxied
+    async with Client(url, mode="legacy") as client:
+        await client.list_tools()
+        before = len(recorder.watchers)
+        with pytest.raises(Exception, match="tool add is not allowed here"):
+            await client.call_tool("add", {"a": 1, "b": 2})
+        # The stage refused before calling the rest: nothing after it ran.
+        assert len(recorder.watchers) == before
+        echoed = await client.call_tool("echo", {"text": "still fine"})
+    assert echoed.content[0].text == "still fine"  # type: ignore[union-attr]
+
+
+async def test_a_refused_request_gets_its_status_and_a_json_rpc_error(
+    proxied: tuple[str, Recorder],
+) -> None:
+    url, _ = proxied
+    call = {
+        "jsonrpc": "2.0",
+        "id": 7,
+        "method": "tools/call",
+        "params": {"name": "add", "arguments": {}},
+    }
+    async with aiohttp.ClientSession() as http, http.post(url, json=call, headers=HEADERS) as r:
+        assert r.status == 400
+        body = await r.json()
+    assert body["error"]["code"] == -32600
+    assert body["error"]["message"] == "tool add is not allowed here"
+
+
+async def test_a_stage_wraps_the_backend_call_and_sees_each_sse_event_of_the_answer(
+    proxied: tuple[str, Recorder],
+) -> None:
+    url, recorder = proxied
+    async with aiohttp.ClientSession() as http:
+        init = {
+            "jsonrpc": "2.0",
+            "id": 0,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "t", "version": "1"},
+            },
+        }
+        async with http.post(url, json=init, headers=HEADERS) as r:
+            session = r.headers["Mcp-Session-Id"]
+            await r.read()
+        call = {
+            "jsonrpc": "2.0",
+            "id": "c1",
+            "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"text": "through the stage"}},
+        }
+        with_session = {**HEADERS, "Mcp-Session-Id": session}
+        async with http.post(url, json=call, headers=with_session) as r:
+            assert r.headers["Content-Type"].startswith("text/event-stream")
+            raw = await r.text()
+    watcher = recorder.watchers[-1]
+    assert watcher.statuses == [200]
+    assert watcher.ended == [None]
+    (answer,) = [m for m in watcher.messages if m.get("id") == "c1"]
+    assert answer["result"]["content"][0]["text"] == "through the stage"
+    # The client got the same events the watcher saw, bytes untouched.
+    assert json.dumps(answer["result"]["content"][0]["text"]) in raw
+    assert recorder.order[-2:] == ["before", "after"]
+
+
+async def test_stages_run_in_the_order_of_the_list(start_backend: StartBackend) -> None:
+    order: list[str] = []
+
+    @dataclass
+    class Mark:
+        name: str
+
+        async def handle(self, exchange: Exchange, call_next: Next) -> web.StreamResponse:
+            order.append(self.name)
+            return await call_next(exchange)
+
+    backend = start_backend("alpha")
+    async for url, parts in serve(backend.url, [Mark("first"), Mark("second")]):
+        names = [stage.name for stage in default_stages(parts)]
+        assert names == ["dns-rebinding guard", "body limits", "standard-header check"]
+        async with aiohttp.ClientSession() as http, http.get(url, headers=HEADERS) as r:
+            await r.read()
+    assert order == ["first", "second"]

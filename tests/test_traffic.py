@@ -1,0 +1,72 @@
+"""The traffic object: what is in flight, and the waits drain is made of (events, no
+polling)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from proxyrunner.traffic import Traffic
+
+
+async def test_work_is_done_when_only_listen_streams_remain() -> None:
+    traffic = Traffic()
+    done = asyncio.Event()
+    release_call = asyncio.Event()
+
+    async def call() -> None:
+        with traffic.request():
+            await release_call.wait()
+
+    async def stream() -> None:
+        with traffic.request(), traffic.listen_stream():
+            await done.wait()
+
+    tasks = [asyncio.create_task(call()), asyncio.create_task(stream())]
+    await asyncio.sleep(0)
+    assert (traffic.inflight, traffic.streams) == (2, 1)
+    waiting = asyncio.create_task(traffic.wait_work_done())
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    release_call.set()
+    async with asyncio.timeout(2):
+        await waiting
+    assert (traffic.inflight, traffic.streams) == (1, 1)
+    idle = asyncio.create_task(traffic.wait_idle())
+    await asyncio.sleep(0)
+    assert not idle.done()
+    done.set()
+    async with asyncio.timeout(2):
+        await idle
+        await asyncio.gather(*tasks)
+    assert (traffic.inflight, traffic.streams) == (0, 0)
+
+
+async def test_closing_streams_wakes_every_stream_waiting_for_it() -> None:
+    traffic = Traffic()
+    waiters = [asyncio.create_task(traffic.wait_closing()) for _ in range(3)]
+    await asyncio.sleep(0)
+    traffic.close_streams(retry_ms=250)
+    async with asyncio.timeout(2):
+        await asyncio.gather(*waiters)
+    assert traffic.closing
+    assert traffic.retry_ms == 250
+
+
+@pytest.mark.parametrize(("draining", "counted"), [(False, 0), (True, 1)])
+async def test_a_request_cancelled_while_draining_is_counted(draining: bool, counted: int) -> None:
+    traffic = Traffic()
+
+    async def call() -> None:
+        with traffic.request():
+            await asyncio.Event().wait()
+
+    task = asyncio.create_task(call())
+    await asyncio.sleep(0)
+    traffic.draining = draining
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert traffic.cancelled == counted
+    assert traffic.inflight == 0
