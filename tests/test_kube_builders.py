@@ -116,3 +116,8 @@ def test_replica_ownership_is_read_from_managed_fields() -> None:
     assert owns_replicas(alone, "me") == (True, False)
     assert owns_replicas(shared, "me") == (True, True)
     assert owns_replicas({"metadata": {}}, "me") == (False, False)
+
+
+def test_only_an_unparsable_annotation_is_flagged_for_replacement() -> None:
+    assert decide_gate("not-a-number", 3).unparsable
+    assert not any(decide_gate(existing, 3).unparsable for existing in (None, "2", "3", "4"))

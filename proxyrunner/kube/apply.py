@@ -106,7 +106,7 @@ class WorkloadApplier:
                 )
                 self._metrics.apply_total.labels(result="skipped").inc()
                 return "skipped"
-            if existing is not None and decision.reason.startswith("unparsable"):
+            if existing is not None and decision.unparsable:
                 self._log.warning("replacing an unparsable generation annotation", ours=ours)
             try:
                 if existing is None:

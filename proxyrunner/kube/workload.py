@@ -51,6 +51,8 @@ class GateDecision:
     stamp: bool
     reason: str
     existing: int | None = None
+    unparsable: bool = False
+    """The stamped annotation is not a number: it is replaced (and the proxy warns)."""
 
 
 def decide_gate(existing: str | None, ours: int) -> GateDecision:
@@ -63,7 +65,9 @@ def decide_gate(existing: str | None, ours: int) -> GateDecision:
     try:
         theirs = int(existing)
     except ValueError:
-        return GateDecision(apply=True, stamp=True, reason=f"unparsable annotation {existing!r}")
+        return GateDecision(
+            apply=True, stamp=True, reason=f"unparsable annotation {existing!r}", unparsable=True
+        )
     if theirs > ours:
         return GateDecision(
             apply=False, stamp=False, reason="a newer generation is applied", existing=theirs
