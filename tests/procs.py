@@ -197,6 +197,8 @@ class Proxy(Proc):
         self.config = {"host": "127.0.0.1", **config, "port": self.port}
         self.base = f"http://127.0.0.1:{self.port}"
         self.url = f"{self.base}/mcp"
+        self.backends: list[DemoBackend] = []
+        """The demo backends the ``demo_proxy`` fixture started for this proxy."""
         config_path = tmp / f"{label}-{self.port}.json"
         config_path.write_text(json.dumps(self.config))
         super().__init__(

@@ -15,7 +15,7 @@ from mcp import Client
 
 from tests.balancer import balancer
 from tests.conftest import StartBackend, StartProxy
-from tests.e2e.test_streamable_proxy import MCP_HEADERS, raw_initialize, tool_text
+from tests.helpers import MCP_HEADERS, raw_initialize, tool_text
 from tests.procs import Proxy, eventually, http_status
 from tests.redis_server import RedisServer
 

@@ -14,13 +14,7 @@ from mcp import Client
 from proxyrunner.sessions.record import new_session_id
 from tests.balancer import balancer
 from tests.conftest import StartBackend, StartProxy
-from tests.e2e.test_streamable_proxy import (
-    MCP_HEADERS,
-    raw_initialize,
-    tool_text,
-    tools_call,
-    whoami,
-)
+from tests.helpers import MCP_HEADERS, raw_initialize, tool_text, tools_call, whoami
 from tests.procs import Proxy, eventually, http_status
 from tests.redis_server import RedisServer
 

@@ -17,9 +17,14 @@ from typing import Any
 import aiohttp
 from mcp import Client
 
-from tests.conftest import StartBackend, StartProxy
-from tests.e2e.test_stdio import DEMO_STDIO, call
-from tests.e2e.test_streamable_proxy import MCP_HEADERS, raw_initialize, tool_text
+from tests.conftest import DemoProxy, StartProxy
+from tests.helpers import (
+    DEMO_STDIO,
+    MCP_HEADERS,
+    raw_session,
+    tool_text,
+    tools_call,
+)
 from tests.procs import Proxy
 from tests.raw_backend import RawBackend, ok_response, read_message
 
@@ -89,10 +94,9 @@ async def proxy_before_counting_backend(
 
 
 async def test_a_2026_sdk_client_passes_the_header_check_through_the_proxy(
-    start_backend: StartBackend, start_proxy: StartProxy
+    demo_proxy: DemoProxy,
 ) -> None:
-    backend = start_backend("alpha")
-    proxy = start_proxy({"name": "demo", "remote_url": backend.url})
+    proxy = demo_proxy()
     async with Client(proxy.url, mode="auto") as client:
         assert client.protocol_version == MODERN
         assert "echo" in {tool.name for tool in (await client.list_tools()).tools}
@@ -148,12 +152,11 @@ async def test_earlier_revisions_do_not_define_the_headers_and_pass_them_through
     start_proxy: StartProxy,
 ) -> None:
     proxy = start_proxy(DEMO_STDIO)
-    async with aiohttp.ClientSession() as http:
-        session_id = await raw_initialize(http, proxy.url)
+    async with raw_session(proxy.url) as (http, session_id):
         status, body = await post(
             http,
             proxy.url,
-            call(5, "echo", {"text": "old"}),
+            tools_call(5, "echo", text="old"),
             **{
                 "Mcp-Session-Id": session_id,
                 "MCP-Protocol-Version": "2025-06-18",
@@ -165,10 +168,9 @@ async def test_earlier_revisions_do_not_define_the_headers_and_pass_them_through
 
 
 async def test_an_http_backend_behind_the_proxy_gets_the_same_answer_for_a_mismatch(
-    start_backend: StartBackend, start_proxy: StartProxy
+    demo_proxy: DemoProxy,
 ) -> None:
-    backend = start_backend("alpha")
-    proxy = start_proxy({"name": "demo", "remote_url": backend.url})
+    proxy = demo_proxy()
     async with aiohttp.ClientSession() as http:
         headers = modern(**{"Mcp-Method": "tools/call", "Mcp-Name": "whoami"})
         status, body = await post(http, proxy.url, echo_call(9, "no"), **headers)
@@ -178,11 +180,10 @@ async def test_an_http_backend_behind_the_proxy_gets_the_same_answer_for_a_misma
 
 
 async def test_a_session_header_on_a_2026_request_is_ignored_not_looked_up(
-    start_backend: StartBackend, start_proxy: StartProxy
+    demo_proxy: DemoProxy,
 ) -> None:
     # The revision has no sessions: a stray Mcp-Session-Id must not turn into a 404.
-    backend = start_backend("alpha")
-    proxy = start_proxy({"name": "demo", "remote_url": backend.url})
+    proxy = demo_proxy()
     async with aiohttp.ClientSession() as http:
         headers = modern(
             **{"Mcp-Method": "tools/call", "Mcp-Name": "echo", "Mcp-Session-Id": "stale-id"}

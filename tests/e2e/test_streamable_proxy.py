@@ -4,15 +4,11 @@ proxyrunner as a real process in between."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
 import sys
-import urllib.error
-import urllib.request
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,93 +17,25 @@ import pytest
 from aiohttp import web
 from mcp import Client
 
-from tests.conftest import StartBackend, StartProxy
+from tests.conftest import DemoProxy, StartProxy
+from tests.helpers import (
+    EVERYTHING,
+    INIT,
+    MCP_HEADERS,
+    check_a_session_outlives_its_killed_child,
+    http_backend,
+    raw_initialize,
+    raw_session,
+    readyz_text,
+    tool_text,
+    tools_call,
+    whoami,
+)
 from tests.procs import Proc, eventually, free_port, http_status
 
-Handler = Callable[[web.Request], Awaitable[web.Response]]
-REPO = Path(__file__).resolve().parents[2]
-EVERYTHING = REPO / "tests" / "node" / "node_modules" / ".bin" / "mcp-server-everything"
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 0,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-06-18",
-        "capabilities": {},
-        "clientInfo": {"name": "raw-test", "version": "1"},
-    },
-}
-MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
-
-def tool_text(result: Any) -> str:
-    return "".join(block.text for block in result.content if getattr(block, "type", "") == "text")
-
-
-async def whoami(client: Client) -> dict[str, Any]:
-    doc: dict[str, Any] = json.loads(tool_text(await client.call_tool("whoami", {})))
-    return doc
-
-
-async def raw_initialize(http: aiohttp.ClientSession, url: str) -> str:
-    async with http.post(url, json=INIT, headers=MCP_HEADERS) as response:
-        assert response.status == 200, await response.text()
-        await response.read()
-        session_id = response.headers["Mcp-Session-Id"]
-    async with http.post(
-        url,
-        json={"jsonrpc": "2.0", "method": "notifications/initialized"},
-        headers={**MCP_HEADERS, "Mcp-Session-Id": session_id},
-    ) as response:
-        assert response.status == 202
-    return session_id
-
-
-@contextlib.asynccontextmanager
-async def http_backend(post_mcp: Handler) -> AsyncIterator[int]:
-    """A hand-written backend on a free port: answers the readiness probe at / and
-    POST /mcp with ``post_mcp``. Yields its port."""
-
-    async def probe(request: web.Request) -> web.Response:
-        return web.Response(text="up")
-
-    app = web.Application()
-    app.router.add_get("/", probe)
-    app.router.add_post("/mcp", post_mcp)
-    runner = web.AppRunner(app, shutdown_timeout=0.5)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield int(runner.addresses[0][1])
-    finally:
-        await runner.cleanup()
-
-
-def readyz_text(base: str) -> str:
-    """The /readyz body whatever its status ("" if the proxy does not answer)."""
-    try:
-        with urllib.request.urlopen(f"{base}/readyz", timeout=2) as response:  # noqa: S310
-            return str(response.read().decode())
-    except urllib.error.HTTPError as exc:
-        return str(exc.read().decode())
-    except OSError:
-        return ""
-
-
-def tools_call(request_id: int, name: str = "echo", **arguments: Any) -> dict[str, Any]:
-    return {
-        "jsonrpc": "2.0",
-        "id": request_id,
-        "method": "tools/call",
-        "params": {"name": name, "arguments": arguments},
-    }
-
-
-async def test_sdk_client_lists_and_calls_tools_through_the_proxy(
-    start_backend: StartBackend, start_proxy: StartProxy
-) -> None:
-    backend = start_backend("alpha")
-    proxy = start_proxy({"name": "demo", "remote_url": backend.url})
+async def test_sdk_client_lists_and_calls_tools_through_the_proxy(demo_proxy: DemoProxy) -> None:
+    proxy = demo_proxy()
     async with Client(proxy.url, mode="legacy") as client:
         tools = {tool.name for tool in (await client.list_tools()).tools}
         assert {"echo", "whoami"} <= tools
@@ -116,13 +44,10 @@ async def test_sdk_client_lists_and_calls_tools_through_the_proxy(
         assert (await whoami(client))["id"] == "alpha"
 
 
-async def test_client_sees_only_the_proxy_session_id(
-    start_backend: StartBackend, start_proxy: StartProxy
-) -> None:
-    backend = start_backend("alpha")
-    proxy = start_proxy({"name": "demo", "remote_url": backend.url})
+async def test_client_sees_only_the_proxy_session_id(demo_proxy: DemoProxy) -> None:
+    proxy = demo_proxy()
     async with aiohttp.ClientSession() as http:
-        direct_id = await raw_initialize(http, backend.url)
+        direct_id = await raw_initialize(http, proxy.backends[0].url)
         proxied_id = await raw_initialize(http, proxy.url)
         assert proxied_id != direct_id
         assert len(proxied_id) >= 32
@@ -164,10 +89,9 @@ async def test_reference_everything_server_works_through_the_proxy(
 
 
 async def test_sessions_spread_over_two_backends_and_stay_on_their_own(
-    start_backend: StartBackend, start_proxy: StartProxy
+    demo_proxy: DemoProxy,
 ) -> None:
-    alpha, beta = start_backend("alpha"), start_backend("beta")
-    proxy = start_proxy({"name": "demo", "backend_urls": [alpha.url, beta.url]})
+    proxy = demo_proxy("alpha", "beta")
     await eventually(lambda: "2 of 2" in readyz_text(proxy.base), 10, "both backends")
     placements: Counter[str] = Counter()
     for _ in range(4):
@@ -180,10 +104,9 @@ async def test_sessions_spread_over_two_backends_and_stay_on_their_own(
 
 
 async def test_every_supported_revision_initializes_through_the_proxy(
-    start_backend: StartBackend, start_proxy: StartProxy
+    demo_proxy: DemoProxy,
 ) -> None:
-    backend = start_backend("alpha")
-    proxy = start_proxy({"name": "demo", "remote_url": backend.url})
+    proxy = demo_proxy()
     async with aiohttp.ClientSession() as http:
         for version in ("2025-03-26", "2025-06-18", "2025-11-25"):
             body = {**INIT, "params": {**INIT["params"], "protocolVersion": version}}  # type: ignore[dict-item]
@@ -194,21 +117,15 @@ async def test_every_supported_revision_initializes_through_the_proxy(
                 assert "Mcp-Session-Id" in response.headers
 
 
-async def test_modern_stateless_revision_passes_through(
-    start_backend: StartBackend, start_proxy: StartProxy
-) -> None:
-    backend = start_backend("alpha")
-    proxy = start_proxy({"name": "demo", "remote_url": backend.url})
+async def test_modern_stateless_revision_passes_through(demo_proxy: DemoProxy) -> None:
+    proxy = demo_proxy()
     async with Client(proxy.url, mode="auto") as client:
         assert client.protocol_version == "2026-07-28"
         assert "through" in tool_text(await client.call_tool("echo", {"text": "through"}))
 
 
-async def test_unknown_session_gets_404_with_jsonrpc_error_32001(
-    start_backend: StartBackend, start_proxy: StartProxy
-) -> None:
-    backend = start_backend("alpha")
-    proxy = start_proxy({"name": "demo", "remote_url": backend.url})
+async def test_unknown_session_gets_404_with_jsonrpc_error_32001(demo_proxy: DemoProxy) -> None:
+    proxy = demo_proxy()
     async with (
         aiohttp.ClientSession() as http,
         http.post(
@@ -221,13 +138,9 @@ async def test_unknown_session_gets_404_with_jsonrpc_error_32001(
         assert body["jsonrpc"] == "2.0"
 
 
-async def test_deleted_session_cannot_be_used_again(
-    start_backend: StartBackend, start_proxy: StartProxy
-) -> None:
-    backend = start_backend("alpha")
-    proxy = start_proxy({"name": "demo", "remote_url": backend.url})
-    async with aiohttp.ClientSession() as http:
-        session_id = await raw_initialize(http, proxy.url)
+async def test_deleted_session_cannot_be_used_again(demo_proxy: DemoProxy) -> None:
+    proxy = demo_proxy()
+    async with raw_session(proxy.url) as (http, session_id):
         headers = {**MCP_HEADERS, "Mcp-Session-Id": session_id}
         async with http.post(proxy.url, json=tools_call(1, text="x"), headers=headers) as response:
             assert response.status == 200
@@ -239,13 +152,9 @@ async def test_deleted_session_cannot_be_used_again(
             assert (await response.json())["error"]["code"] == -32001
 
 
-async def test_oversized_body_gets_413_with_jsonrpc_error(
-    start_backend: StartBackend, start_proxy: StartProxy
-) -> None:
-    backend = start_backend("alpha")
-    proxy = start_proxy({"name": "demo", "remote_url": backend.url, "max_request_body": 4096})
-    async with aiohttp.ClientSession() as http:
-        session_id = await raw_initialize(http, proxy.url)
+async def test_oversized_body_gets_413_with_jsonrpc_error(demo_proxy: DemoProxy) -> None:
+    proxy = demo_proxy(max_request_body=4096)
+    async with raw_session(proxy.url) as (http, session_id):
         big = tools_call(1, text="x" * 10_000)
         for headers in (MCP_HEADERS, {**MCP_HEADERS, "Mcp-Session-Id": session_id}):
             async with http.post(proxy.url, json=big, headers=headers) as response:
@@ -262,21 +171,17 @@ async def test_oversized_body_gets_413_with_jsonrpc_error(
 
 
 async def test_a_method_outside_the_transport_gets_405_with_a_jsonrpc_error(
-    start_backend: StartBackend, start_proxy: StartProxy
+    demo_proxy: DemoProxy,
 ) -> None:
-    backend = start_backend("alpha")
-    proxy = start_proxy({"name": "demo", "remote_url": backend.url})
+    proxy = demo_proxy()
     async with aiohttp.ClientSession() as http, http.put(proxy.url, data=b"{}") as response:
         assert response.status == 405
         assert response.headers["Allow"] == "GET, POST, DELETE"
         assert (await response.json())["error"]["code"] == -32600
 
 
-async def test_non_json_body_without_session_gets_400_parse_error(
-    start_backend: StartBackend, start_proxy: StartProxy
-) -> None:
-    backend = start_backend("alpha")
-    proxy = start_proxy({"name": "demo", "remote_url": backend.url})
+async def test_non_json_body_without_session_gets_400_parse_error(demo_proxy: DemoProxy) -> None:
+    proxy = demo_proxy()
     async with aiohttp.ClientSession() as http:
         # Garbage, and an empty body (Content-Length: 0): both are a JSON parse error.
         for body in (b'{"initialize": nope', b""):
@@ -286,13 +191,12 @@ async def test_non_json_body_without_session_gets_400_parse_error(
 
 
 async def test_backend_down_gives_502_with_jsonrpc_error_and_proxy_survives(
-    start_backend: StartBackend, start_proxy: StartProxy
+    demo_proxy: DemoProxy,
 ) -> None:
-    backend = start_backend("alpha")
-    proxy = start_proxy({"name": "demo", "remote_url": backend.url})
+    proxy = demo_proxy()
     async with aiohttp.ClientSession() as http:
         session_id = await raw_initialize(http, proxy.url)
-        backend.kill()
+        proxy.backends[0].kill()
         async with http.post(
             proxy.url,
             json=tools_call(1, text="x"),
@@ -330,23 +234,11 @@ async def test_session_survives_a_backend_restart_by_transparent_reinitialize(
     start_proxy: StartProxy,
 ) -> None:
     proxy = start_proxy({"name": "demo", "cmd_args": [sys.executable, "-m", "proxyrunner.demo"]})
-    async with Client(proxy.url, mode="legacy") as client:
-        first = await whoami(client)
-        os.kill(first["pid"], signal.SIGKILL)
-        await eventually(lambda: http_status(f"{proxy.base}/readyz") == 503, 10, "the crash")
-        await eventually(lambda: http_status(f"{proxy.base}/readyz") == 200, 30, "the restart")
-        # Same client session: the proxy re-initializes on the restarted backend.
-        again = await whoami(client)
-        assert again["pid"] != first["pid"]
-    events = [e["event"] for e in proxy.log_events()]
-    assert "session re-initialized" in events
+    await check_a_session_outlives_its_killed_child(proxy)
 
 
-async def test_metrics_count_requests_by_method_and_sessions(
-    start_backend: StartBackend, start_proxy: StartProxy
-) -> None:
-    backend = start_backend("alpha")
-    proxy = start_proxy({"name": "demo", "remote_url": backend.url})
+async def test_metrics_count_requests_by_method_and_sessions(demo_proxy: DemoProxy) -> None:
+    proxy = demo_proxy()
     async with Client(proxy.url, mode="legacy") as client:
         await client.call_tool("echo", {"text": "counted"})
     async with aiohttp.ClientSession() as http, http.get(f"{proxy.base}/metrics") as response:
@@ -360,13 +252,10 @@ async def test_metrics_count_requests_by_method_and_sessions(
 
 
 def test_port_taken_is_a_startup_failure_exit_3(
-    start_backend: StartBackend, start_proxy: StartProxy
+    demo_proxy: DemoProxy, start_proxy: StartProxy
 ) -> None:
-    backend = start_backend("alpha")
-    first = start_proxy({"name": "demo", "remote_url": backend.url})
-    second = start_proxy(
-        {"name": "demo", "remote_url": backend.url, "port": first.port}, wait=False, label="second"
-    )
+    first = demo_proxy()
+    second = start_proxy({**first.config, "port": first.port}, wait=False, label="second")
     assert second.wait(timeout=30) == 3
     assert f"cannot listen on 127.0.0.1:{first.port}" in second.output()
 
@@ -480,11 +369,8 @@ async def test_embedded_default_serves_two_demo_backends_and_drains(tmp_path: Pa
         assert await asyncio.to_thread(proc.stop, 20) == 0
 
 
-async def test_a_dns_rebinding_page_cannot_reach_a_proxy_on_loopback(
-    start_backend: StartBackend, start_proxy: StartProxy
-) -> None:
-    backend = start_backend("alpha")
-    proxy = start_proxy({"name": "demo", "remote_url": backend.url, "allowed_hosts": ["mcp.local"]})
+async def test_a_dns_rebinding_page_cannot_reach_a_proxy_on_loopback(demo_proxy: DemoProxy) -> None:
+    proxy = demo_proxy(allowed_hosts=["mcp.local"])
     attempts = [
         ({"Host": "evil.example.com"}, 421),
         ({"Origin": "http://evil.example.com"}, 403),

@@ -17,8 +17,8 @@ from mcp import Client
 
 from proxyrunner.kube.attach import open_attach
 from tests.conftest import StartProxy
-from tests.e2e.test_streamable_proxy import readyz_text, tool_text, whoami
 from tests.fake_kubelet import fake_kubelet
+from tests.helpers import readyz_text, tool_text, whoami
 from tests.kube.helpers import KubeCluster, KubeRequestError, proxy_api_client
 from tests.kube.test_pod_routing import create_pod
 from tests.procs import eventually, http_status
