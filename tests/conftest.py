@@ -3,12 +3,15 @@
 - ``start_backend(identity, transport=...)``: a real demo MCP server (official SDK) on a
   free port, ready when returned.
 - ``start_proxy(config, env=None, wait=True)``: ``proxyrunner run`` as a real process with
-  that RunConfig (host/port filled in), ready when returned unless ``wait=False``.
+  that RunConfig (host and port filled in, ``drain_delay`` 0 unless given), ready when
+  returned unless ``wait=False``.
 - ``demo_proxy(*identities, **config)``: demo backends (one, "alpha", by default) and a
   proxy over them (``proxy.backends``), ready.
-Both stop everything they started at the end of the test; the session ends by failing if
-any process started by the suite is still alive, and every async test fails if it leaves
-tasks running.
+All stop everything they started at the end of the test. A proxy must then exit within
+its drain_timeout, with 0 or the code the test named (``Proxy.expect_exit``,
+``Proxy.exits_with``; ``Proxy.kill`` expects the SIGKILL): anything else fails the test
+that started it, with the proxy's log tail. The session ends by failing if any process started
+by the suite is still alive, and every async test fails if it leaves tasks running.
 """
 
 from __future__ import annotations
@@ -87,8 +90,9 @@ def start_proxy(tmp_path: Path) -> Iterator[StartProxy]:
         return proxy.wait_ready() if wait else proxy
 
     yield start
-    for proxy in started:
-        proxy.stop(timeout=10)
+    failures = [failure for proxy in started if (failure := proxy.finish())]
+    if failures:
+        pytest.fail("\n\n".join(failures), pytrace=False)
 
 
 @pytest.fixture

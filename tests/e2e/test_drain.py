@@ -116,7 +116,7 @@ async def test_a_second_signal_stops_at_once(
     backend = start_backend("alpha")
     proxy = start_proxy(
         {"name": "demo", "remote_url": backend.url, "drain_delay": "1s", "drain_timeout": "30s"}
-    )
+    ).expect_exit(1)
     # Raw HTTP, not the SDK client: when the proxy dies under it, the SDK's task group
     # cancels whatever task entered it, which would be this test.
     async with aiohttp.ClientSession() as http:

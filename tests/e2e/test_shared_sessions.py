@@ -136,8 +136,7 @@ def test_wrong_redis_password_exits_3_naming_redis_not_the_password(
         env={"THV_SESSION_REDIS_PASSWORD": wrong},
         wait=False,
     )
-    assert proxy.wait(timeout=30) == 3
-    output = proxy.output()
+    output = proxy.exits_with(3)
     assert "Redis" in output
     assert "authentication failed" in output
     assert wrong not in output

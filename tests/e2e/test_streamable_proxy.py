@@ -256,8 +256,7 @@ def test_port_taken_is_a_startup_failure_exit_3(
 ) -> None:
     first = demo_proxy()
     second = start_proxy({**first.config, "port": first.port}, wait=False, label="second")
-    assert second.wait(timeout=30) == 3
-    assert f"cannot listen on 127.0.0.1:{first.port}" in second.output()
+    assert f"cannot listen on 127.0.0.1:{first.port}" in second.exits_with(3)
 
 
 def test_backend_that_never_answers_is_a_startup_failure_exit_3(start_proxy: StartProxy) -> None:
@@ -270,8 +269,7 @@ def test_backend_that_never_answers_is_a_startup_failure_exit_3(start_proxy: Sta
         },
         wait=False,
     )
-    assert proxy.wait(timeout=30) == 3
-    assert "no backend answered within 1s" in proxy.output()
+    assert "no backend answered within 1s" in proxy.exits_with(3)
 
 
 def test_child_command_that_exits_at_once_is_a_startup_failure_naming_it(
@@ -284,8 +282,7 @@ def test_child_command_that_exits_at_once_is_a_startup_failure_naming_it(
         },
         wait=False,
     )
-    assert proxy.wait(timeout=30) == 3
-    output = proxy.output()
+    output = proxy.exits_with(3)
     assert "exited before it served" in output
     assert "boom" in output
 
@@ -352,7 +349,7 @@ async def test_embedded_default_serves_two_demo_backends_and_drains(tmp_path: Pa
     port = free_port()
     proc = Proc(
         [sys.executable, "-m", "proxyrunner", "run", "--embedded", "--port", str(port),
-         "--drain-delay", "0.2s", "--log-format", "json"],
+         "--drain-delay", "0s", "--log-format", "json"],
         tmp_path / "embedded.log",
         {},
     )  # fmt: skip
