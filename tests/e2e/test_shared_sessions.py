@@ -63,9 +63,6 @@ async def test_any_replica_serves_any_session_round_robin(
                 for _ in range(15):
                     assert (await whoami(client))["id"] == first
         assert all(count > 5 for count in lb.served.values()), lb.served
-    for proxy in proxies:
-        misses = [e for e in proxy.log_events() if "not found" in str(e.get("event"))]
-        assert not misses
 
 
 @pytest.mark.timeout(90)

@@ -32,6 +32,7 @@ from tests.helpers import (
     whoami,
 )
 from tests.procs import Proc, eventually, free_port, http_status
+from tests.raw_backend import RawBackend, ok_response, read_message
 
 
 async def test_sdk_client_lists_and_calls_tools_through_the_proxy(demo_proxy: DemoProxy) -> None:
@@ -159,7 +160,7 @@ async def test_oversized_body_gets_413_with_jsonrpc_error(demo_proxy: DemoProxy)
         for headers in (MCP_HEADERS, {**MCP_HEADERS, "Mcp-Session-Id": session_id}):
             async with http.post(proxy.url, json=big, headers=headers) as response:
                 assert response.status == 413
-                assert "error" in await response.json()
+                assert (await response.json())["error"]["code"] == -32004
 
         async def chunked() -> Any:
             yield json.dumps(big).encode()
@@ -168,6 +169,7 @@ async def test_oversized_body_gets_413_with_jsonrpc_error(demo_proxy: DemoProxy)
             proxy.url, data=chunked(), headers={**MCP_HEADERS, "Mcp-Session-Id": session_id}
         ) as response:
             assert response.status == 413
+            assert (await response.json())["error"]["code"] == -32004
 
 
 async def test_a_method_outside_the_transport_gets_405_with_a_jsonrpc_error(
@@ -190,28 +192,55 @@ async def test_non_json_body_without_session_gets_400_parse_error(demo_proxy: De
                 assert (await response.json())["error"]["code"] == -32700
 
 
-async def test_backend_down_gives_502_with_jsonrpc_error_and_proxy_survives(
+async def test_a_backend_refusing_connections_gives_502_with_32002_and_the_proxy_survives(
+    start_proxy: StartProxy,
+) -> None:
+    async def answer_probes(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_message(reader)
+            writer.write(ok_response(b"up"))
+            await writer.drain()
+
+    async with RawBackend(answer_probes) as backend:
+        url = f"http://127.0.0.1:{backend.port}/mcp"
+        proxy = await asyncio.to_thread(start_proxy, {"name": "demo", "remote_url": url})
+        # The readiness probe keeps its keep-alive connection and still passes: the
+        # request below is sent to a backend the proxy counts ready, and is refused.
+        backend.stop_listening()
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection("127.0.0.1", backend.port)
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(proxy.url, json=tools_call(1), headers=MCP_HEADERS) as response,
+        ):
+            assert response.status == 502
+            body = await response.json()
+        assert body["error"]["code"] == -32002
+        assert body["jsonrpc"] == "2.0"
+        assert await asyncio.to_thread(http_status, f"{proxy.base}/health") == 200
+        assert proxy.alive()
+
+
+async def test_once_the_backend_is_gone_sessions_get_404_and_initialize_gets_503(
     demo_proxy: DemoProxy,
 ) -> None:
     proxy = demo_proxy()
-    async with aiohttp.ClientSession() as http:
-        session_id = await raw_initialize(http, proxy.url)
+    async with raw_session(proxy.url) as (http, session_id):
         proxy.backends[0].kill()
-        async with http.post(
-            proxy.url,
-            json=tools_call(1, text="x"),
-            headers={**MCP_HEADERS, "Mcp-Session-Id": session_id},
-        ) as response:
-            assert response.status in (502, 503)
-            body = await response.json()
-            assert body["error"]["code"] in (-32002, -32001)
         await eventually(
             lambda: http_status(f"{proxy.base}/readyz") == 503, 10, "readiness to fail"
         )
         assert http_status(f"{proxy.base}/health") == 200
-        assert proxy.alive()
-    failures = [e for e in proxy.log_events() if e.get("event") == "backend request failed"]
-    assert failures or any(e.get("event") == "request refused" for e in proxy.log_events())
+        # No backend to re-initialize the session on: the client is told to start over.
+        headers = {**MCP_HEADERS, "Mcp-Session-Id": session_id}
+        async with http.post(proxy.url, json=tools_call(1, text="x"), headers=headers) as response:
+            assert response.status == 404
+            assert (await response.json())["error"]["code"] == -32001
+        async with http.post(proxy.url, json=INIT, headers=MCP_HEADERS) as response:
+            assert response.status == 503
+            assert response.headers["Retry-After"] == "1"
+            assert (await response.json())["error"]["code"] == -32002
+    assert proxy.alive()
 
 
 @pytest.mark.timeout(90)
