@@ -8,11 +8,14 @@ test files together.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -41,6 +44,22 @@ INIT: dict[str, Any] = {
     },
 }
 MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+MODERN = "2026-07-28"
+# What a 2026-07-28 request carries in params._meta in place of a session.
+META_2026: dict[str, Any] = {
+    "io.modelcontextprotocol/protocolVersion": MODERN,
+    "io.modelcontextprotocol/clientCapabilities": {},
+    "io.modelcontextprotocol/clientInfo": {"name": "raw-test", "version": "1"},
+}
+# A 2026-07-28 listen stream: the answer is an event stream that stays open.
+SUBSCRIBE: dict[str, Any] = {
+    "jsonrpc": "2.0",
+    "id": "listen-1",
+    "method": "subscriptions/listen",
+    "params": {"notifications": {"toolsListChanged": True}, "_meta": META_2026},
+}
+# The kinds of listen stream a client can hold open: what drain ends with a retry hint.
+LISTEN_STREAMS = ("GET /mcp", "GET /sse", "subscriptions/listen")
 # The SDK-built demo as a stdio child of the proxy.
 DEMO_STDIO: dict[str, Any] = {
     "name": "demo",
@@ -98,6 +117,61 @@ async def raw_session(url: str) -> AsyncIterator[tuple[aiohttp.ClientSession, st
     """An HTTP client with a freshly initialized session at ``url``: (client, session id)."""
     async with aiohttp.ClientSession() as http:
         yield http, await raw_initialize(http, url)
+
+
+@contextlib.asynccontextmanager
+async def listen_stream(
+    http: aiohttp.ClientSession, proxy: Proxy, kind: str, session_id: str | None = None
+) -> AsyncIterator[aiohttp.ClientResponse]:
+    """Open a listen stream of ``kind`` (one of ``LISTEN_STREAMS``; ``GET /sse`` needs a
+    legacy SSE proxy; ``GET /mcp`` in ``session_id``, or a new session) and check that it
+    is one."""
+    if kind == "GET /sse":
+        request = http.get(f"{proxy.base}/sse", headers={"Accept": "text/event-stream"})
+    elif kind == "subscriptions/listen":
+        headers = {
+            **MCP_HEADERS,
+            "MCP-Protocol-Version": MODERN,
+            "Mcp-Method": "subscriptions/listen",
+        }
+        request = http.post(proxy.url, json=SUBSCRIBE, headers=headers)
+    else:
+        session_id = session_id or await raw_initialize(http, proxy.url)
+        headers = {
+            "Accept": "text/event-stream",
+            "Mcp-Session-Id": session_id,
+            "MCP-Protocol-Version": "2025-06-18",
+        }
+        request = http.get(proxy.url, headers=headers)
+    async with request as stream:
+        assert stream.status == 200, await stream.text()
+        assert stream.content_type == "text/event-stream"
+        yield stream
+
+
+async def metric(proxy: Proxy, name: str) -> float:
+    """The value of an unlabelled metric in the proxy's /metrics."""
+    async with aiohttp.ClientSession() as http, http.get(f"{proxy.base}/metrics") as response:
+        text = await response.text()
+    match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+    assert match is not None, f"{name} is not in /metrics"
+    return float(match.group(1))
+
+
+async def until_metric(
+    proxy: Proxy,
+    name: str,
+    at_least: float = float("-inf"),
+    at_most: float = float("inf"),
+    timeout: float = 10.0,  # noqa: ASYNC109 - a polling deadline, not a cancel scope
+) -> None:
+    """Wait until the metric is within [at_least, at_most]."""
+    deadline = time.monotonic() + timeout
+    while not at_least <= (value := await metric(proxy, name)) <= at_most:
+        assert time.monotonic() < deadline, (
+            f"{name} stayed at {value} for {timeout}s, outside [{at_least}, {at_most}]"
+        )
+        await asyncio.sleep(0.02)
 
 
 def readyz_text(base: str) -> str:

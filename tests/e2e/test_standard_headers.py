@@ -21,6 +21,8 @@ from tests.conftest import DemoProxy, StartProxy
 from tests.helpers import (
     DEMO_STDIO,
     MCP_HEADERS,
+    META_2026,
+    MODERN,
     raw_session,
     tool_text,
     tools_call,
@@ -28,20 +30,13 @@ from tests.helpers import (
 from tests.procs import Proxy
 from tests.raw_backend import RawBackend, ok_response, read_message
 
-MODERN = "2026-07-28"
-META = {
-    "io.modelcontextprotocol/protocolVersion": MODERN,
-    "io.modelcontextprotocol/clientCapabilities": {},
-    "io.modelcontextprotocol/clientInfo": {"name": "raw-test", "version": "1"},
-}
-
 
 def echo_call(request_id: int, text: str) -> dict[str, Any]:
     return {
         "jsonrpc": "2.0",
         "id": request_id,
         "method": "tools/call",
-        "params": {"name": "echo", "arguments": {"text": text}, "_meta": META},
+        "params": {"name": "echo", "arguments": {"text": text}, "_meta": META_2026},
     }
 
 
