@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import re
 import signal
 import time
@@ -46,6 +47,7 @@ DRAIN = {"drain_delay": "0s", "drain_timeout": f"{DRAIN_TIMEOUT:g}s"}
 # How much later than drain_timeout the process may end: interpreter exit on a loaded
 # machine. The promise is drain_timeout; this is only slack for measuring it.
 EXIT_MARGIN = 1.0
+CALL_IDS = itertools.count(2)  # distinct JSON-RPC ids for calls in flight in one session
 RECONNECT_HINT = re.compile(rb"(^|\n)retry: \d+\n\n$")
 LISTEN_BUG = (
     "proxyrunner bug: a 2026-07-28 subscriptions/listen stream (a POST answered with an "
@@ -75,7 +77,7 @@ async def long_call(
     headers = {**MCP_HEADERS, "Mcp-Session-Id": session_id, "MCP-Protocol-Version": "2025-06-18"}
 
     async def call() -> tuple[int, str]:
-        body = tools_call(2, "sleep", seconds=seconds)
+        body = tools_call(next(CALL_IDS), "sleep", seconds=seconds)
         async with http.post(proxy.url, json=body, headers=headers) as response:
             return response.status, await response.text()
 
@@ -182,15 +184,18 @@ async def test_listen_streams_end_after_the_work_in_flight_not_before(
             await until_metric(proxy, "proxyrunner_streams_open", at_least=1)
             async with (
                 running(stream.content.read()) as listening,
-                long_call(http, proxy, session_id, seconds=2) as call,
+                long_call(http, proxy, session_id, seconds=5) as longer,
+                long_call(http, proxy, session_id, seconds=1) as shorter,
             ):
                 proxy.signal(signal.SIGTERM)
-                status, answer = await asyncio.wait_for(call, 15)
-                # Had the drain ended the stream first, its end would have arrived about
-                # two seconds before this answer.
-                assert not listening.done(), "the listen stream ended before the call"
-                assert status == 200
-                assert "slept 2s" in answer
+                status, answer = await asyncio.wait_for(shorter, 15)
+                assert (status, "slept 1s" in answer) == (200, True)
+                # The longer call is still in flight, so the stream must still be open.
+                # (Ended first, its end would have come a second before this answer.)
+                assert not longer.done()
+                assert not listening.done(), "the listen stream ended before the work"
+                status, answer = await asyncio.wait_for(longer, 15)
+                assert (status, "slept 5s" in answer) == (200, True)
                 received = await asyncio.wait_for(listening, 10)
         assert RECONNECT_HINT.search(received), received
     assert await asyncio.to_thread(proxy.wait, DRAIN_TIMEOUT + 5) == 0
