@@ -3,10 +3,15 @@
 - ``start_backend(identity, transport=...)``: a real demo MCP server (official SDK) on a
   free port, ready when returned.
 - ``start_proxy(config, env=None, wait=True)``: ``proxyrunner run`` as a real process with
-  that RunConfig (host/port filled in), ready when returned unless ``wait=False``.
-Both stop everything they started at the end of the test; the session ends by failing if
-any process started by the suite is still alive, and every async test fails if it leaves
-tasks running.
+  that RunConfig (host and port filled in, ``drain_delay`` 0 unless given), ready when
+  returned unless ``wait=False``.
+- ``demo_proxy(*identities, **config)``: demo backends (one, "alpha", by default) and a
+  proxy over them (``proxy.backends``), ready.
+All stop everything they started at the end of the test. A proxy must then exit within
+its drain_timeout, with 0 or the code the test named (``Proxy.expect_exit``,
+``Proxy.exits_with``; ``Proxy.kill`` expects the SIGKILL): anything else fails the test
+that started it, with the proxy's log tail. The session ends by failing if any process started
+by the suite is still alive, and every async test fails if it leaves tasks running.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from tests.redis_server import RedisServer
 
 StartBackend = Callable[..., DemoBackend]
 StartProxy = Callable[..., Proxy]
+DemoProxy = Callable[..., Proxy]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -84,8 +90,24 @@ def start_proxy(tmp_path: Path) -> Iterator[StartProxy]:
         return proxy.wait_ready() if wait else proxy
 
     yield start
-    for proxy in started:
-        proxy.stop(timeout=10)
+    failures = [failure for proxy in started if (failure := proxy.finish())]
+    if failures:
+        pytest.fail("\n\n".join(failures), pytrace=False)
+
+
+@pytest.fixture
+def demo_proxy(start_backend: StartBackend, start_proxy: StartProxy) -> DemoProxy:
+    def start(*identities: str, **config: Any) -> Proxy:
+        # A legacy SSE proxy fronts SSE backends; anything else, streamable HTTP ones.
+        transport = "sse" if config.get("transport") == "sse" else "streamable-http"
+        backends = [start_backend(name, transport) for name in identities or ("alpha",)]
+        urls = [backend.url for backend in backends]
+        where = {"remote_url": urls[0]} if len(urls) == 1 else {"backend_urls": urls}
+        proxy = start_proxy({"name": "demo", **where, **config})
+        proxy.backends = backends
+        return proxy
+
+    return start
 
 
 @pytest.fixture

@@ -22,7 +22,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from proxyrunner.durations import parse_duration
+
 MARKER_ENV = "PROXYRUNNER_TEST_RUN"
+# The README's default drain_timeout, and what a process may take past it to exit.
+DEFAULT_DRAIN_TIMEOUT = 25.0
+EXIT_MARGIN = 5.0
 MARKER = os.environ.setdefault(MARKER_ENV, uuid.uuid4().hex)
 
 
@@ -102,6 +107,10 @@ class Proc:
             env={**os.environ, **env, MARKER_ENV: MARKER},
             start_new_session=True,
         )
+        self.stop_requested = False
+        """A SIGTERM or SIGINT was sent."""
+        self.stop_timed_out = False
+        """``stop`` had to SIGKILL the process."""
 
     @property
     def pid(self) -> int:
@@ -112,6 +121,9 @@ class Proc:
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def output_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.output().splitlines()[-lines:])
 
     def log_events(self) -> list[dict[str, Any]]:
         events = []
@@ -127,22 +139,29 @@ class Proc:
     def signal(self, sig: int) -> None:
         if self.alive():
             self.popen.send_signal(sig)
+            self.stop_requested |= sig in (signal.SIGTERM, signal.SIGINT)
 
     def wait(self, timeout: float) -> int:
         return self.popen.wait(timeout=timeout)
 
     def stop(self, timeout: float = 15.0) -> int:
-        """SIGTERM, wait, and SIGKILL the whole group if it does not end in time."""
+        """SIGTERM (unless the test sent one: a second would force the stop), wait, and
+        SIGKILL the whole group if it does not end in time."""
         if self.alive():
-            self.popen.send_signal(signal.SIGTERM)
+            if not self.stop_requested:
+                self.popen.send_signal(signal.SIGTERM)
             try:
                 self.popen.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                self.kill()
+                self.stop_timed_out = True
+                self._kill_group()
         self._log.close()
         return int(self.popen.wait())
 
     def kill(self) -> None:
+        self._kill_group()
+
+    def _kill_group(self) -> None:
         if self.alive():
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.popen.pid, signal.SIGKILL)
@@ -183,7 +202,13 @@ class DemoBackend(Proc):
 
 
 class Proxy(Proc):
-    """``proxyrunner run`` with a RunConfig written to a file; JSON logs at debug."""
+    """``proxyrunner run`` with a RunConfig written to a file; JSON logs at debug.
+
+    A config without ``drain_delay`` gets ``0s``: the delay is for load balancers, and a
+    test without one would only wait it out at every stop. Stopped by ``finish``, a proxy
+    must exit with ``expected_exit`` (0 unless the test said otherwise with
+    ``expect_exit``, or killed it).
+    """
 
     def __init__(
         self,
@@ -194,9 +219,14 @@ class Proxy(Proc):
         extra_args: list[str] | None = None,
     ) -> None:
         self.port = int(config.get("port") or free_port())
-        self.config = {"host": "127.0.0.1", **config, "port": self.port}
+        self.config = {"host": "127.0.0.1", "drain_delay": "0s", **config, "port": self.port}
         self.base = f"http://127.0.0.1:{self.port}"
         self.url = f"{self.base}/mcp"
+        self.drain_timeout = parse_duration(config.get("drain_timeout", DEFAULT_DRAIN_TIMEOUT))
+        self.expected_exit = 0
+        self._failure_reported = False
+        self.backends: list[DemoBackend] = []
+        """The demo backends the ``demo_proxy`` fixture started for this proxy."""
         config_path = tmp / f"{label}-{self.port}.json"
         config_path.write_text(json.dumps(self.config))
         super().__init__(
@@ -217,9 +247,48 @@ class Proxy(Proc):
             dict(env or {}),
         )
 
+    def expect_exit(self, code: int) -> Proxy:
+        """Mark the exit code this test expects instead of 0."""
+        self.expected_exit = code
+        return self
+
+    def exits_with(self, code: int, timeout: float = 30.0) -> str:
+        """Wait for the proxy to exit on its own, with ``code``; returns its output."""
+        self.expect_exit(code)
+        try:
+            assert self.wait(timeout) == code, self.output_tail()
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running after {timeout}s:\n{self.output_tail()}") from None
+        return self.output()
+
+    def kill(self) -> None:
+        """SIGKILL, on the test's request: then that is the exit the test expects."""
+        self.expected_exit = -signal.SIGKILL
+        super().kill()
+
+    def finish(self) -> str | None:
+        """Stop (SIGTERM) unless exited already, allowing the drain its drain_timeout; a
+        failure message naming the exit code and the log tail if it is not the expected
+        one (or the drain overran), else None."""
+        timeout = self.drain_timeout + EXIT_MARGIN
+        code = self.stop(timeout)
+        if self._failure_reported or (code == self.expected_exit and not self.stop_timed_out):
+            return None
+        if self.stop_timed_out:
+            how = f"did not exit within its drain_timeout ({self.drain_timeout:g}s) of SIGTERM"
+        elif code < 0:
+            how = f"was killed by {signal.Signals(-code).name}"
+        else:
+            how = f"exited with {code}"
+        return (
+            f"proxy on port {self.port} {how}, expected exit code {self.expected_exit}; "
+            f"log tail:\n{self.output_tail()}"
+        )
+
     def wait_ready(self, timeout: float = 30.0) -> Proxy:
         def ready() -> bool:
             if not self.alive():
+                self._failure_reported = True
                 raise AssertionError(f"proxy exited with {self.popen.poll()}:\n{self.output()}")
             return http_status(f"{self.base}/readyz") == 200
 

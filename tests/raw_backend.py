@@ -18,11 +18,13 @@ class RawBackend:
     def __init__(self, handle: ConnectionHandler) -> None:
         self._handle = handle
         self.connections = 0
+        self.port = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def __aenter__(self) -> RawBackend:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = int(self._server.sockets[0].getsockname()[1])
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -33,10 +35,11 @@ class RawBackend:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._server.wait_closed()
 
-    @property
-    def port(self) -> int:
+    def stop_listening(self) -> None:
+        """Close the listening socket: new connections are refused, the accepted ones
+        go on being served."""
         assert self._server is not None
-        return int(self._server.sockets[0].getsockname()[1])
+        self._server.close()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1

@@ -18,8 +18,8 @@ from mcp import Client
 
 from proxyrunner.backends.stdio import StdioBridge
 from proxyrunner.kube.attach import LineAssembler, describe_status, open_attach, stdin_frame
-from tests.e2e.test_streamable_proxy import MCP_HEADERS, raw_initialize, tool_text, whoami
 from tests.fake_kubelet import TOKEN, FakeKubelet, fake_kubelet
+from tests.helpers import MCP_HEADERS, raw_initialize, tool_text, whoami
 from tests.procs import eventually
 
 LOG = structlog.get_logger().bind(test="attach")

@@ -72,7 +72,10 @@ def test_grace_period_exceeds_drain_timeout() -> None:
     assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > 25
     result = helm("template", "r", str(CHART), "--set", "terminationGracePeriodSeconds=20")
     assert result.returncode != 0
-    assert "drain_timeout" in result.stderr
+    assert (
+        "terminationGracePeriodSeconds (20) must be greater than runConfig.drain_timeout (25s)"
+        in result.stderr
+    ), result.stderr
 
 
 def test_pods_run_with_secure_defaults() -> None:
@@ -86,13 +89,25 @@ def test_pods_run_with_secure_defaults() -> None:
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
 
 
+SCHEMA_REFUSAL = "values don't meet the specifications of the schema"
+
+
 @pytest.mark.parametrize(
-    "setting",
-    ["runConfig.port=eighty", "service.port=0", "unknownTopLevel=1"],
+    ("setting", "where", "rule"),
+    [
+        ("runConfig.port=eighty", "at '/runConfig/port'", "want integer"),
+        ("service.port=0", "at '/service/port'", "minimum"),
+        ("unknownTopLevel=1", "at ''", "'unknownTopLevel' not allowed"),
+    ],
 )
-def test_schema_rejects_bad_values(setting: str) -> None:
+def test_schema_rejects_bad_values_naming_where_and_why(
+    setting: str, where: str, rule: str
+) -> None:
     result = helm("template", "r", str(CHART), "--set", setting)
     assert result.returncode != 0
+    assert SCHEMA_REFUSAL in result.stderr
+    assert where in result.stderr, result.stderr
+    assert rule in result.stderr, result.stderr
 
 
 def test_a_password_in_session_redis_is_refused(tmp_path: Path) -> None:
@@ -100,4 +115,6 @@ def test_a_password_in_session_redis_is_refused(tmp_path: Path) -> None:
     values.write_text("runConfig:\n  name: x\n  session_redis:\n    password: hunter2\n")
     result = helm("template", "r", str(CHART), "-f", str(values))
     assert result.returncode != 0
+    assert SCHEMA_REFUSAL in result.stderr
+    assert "at '/runConfig/session_redis'" in result.stderr, result.stderr
     assert "hunter2" not in result.stderr

@@ -16,8 +16,7 @@ import structlog
 
 from proxyrunner.backends.channel import MAX_LINE, ProcessChannel
 from proxyrunner.backends.stdio import StdioBridge
-from tests.e2e.test_stdio import call as tool_call
-from tests.e2e.test_streamable_proxy import INIT, MCP_HEADERS, raw_initialize
+from tests.helpers import INIT, MCP_HEADERS, raw_initialize, tools_call
 from tests.procs import eventually
 
 LOG = structlog.get_logger().bind(test="stdio-bridge")
@@ -70,7 +69,7 @@ async def test_a_batch_gets_every_answer_under_its_own_id() -> None:
             http,
             url,
             session,
-            [tool_call("a", "echo", {"text": "one"}), tool_call("b", "add", {"a": 1, "b": 1})],
+            [tools_call("a", "echo", text="one"), tools_call("b", "add", a=1, b=1)],
         )
     assert status == 200
     assert [a["id"] for a in answers] == ["a", "b"]
@@ -81,7 +80,7 @@ async def test_a_batch_gets_every_answer_under_its_own_id() -> None:
 async def test_a_cancelled_request_ends_at_once_with_an_error_and_the_server_stops_it() -> None:
     async with bridged() as (bridge, url), aiohttp.ClientSession() as http:
         session = await raw_initialize(http, url)
-        call = asyncio.create_task(post(http, url, session, tool_call(9, "sleep", {"seconds": 30})))
+        call = asyncio.create_task(post(http, url, session, tools_call(9, "sleep", seconds=30)))
         await eventually(lambda: bridge.inflight == 1, 10, "the call to reach the server")
         cancel = {
             "jsonrpc": "2.0",
@@ -95,20 +94,20 @@ async def test_a_cancelled_request_ends_at_once_with_an_error_and_the_server_sto
         assert answer["error"]["code"] == -32800
         assert bridge.inflight == 0
         # The server is still fine and answers the session's next call.
-        status, answer = await post(http, url, session, tool_call(10, "echo", {"text": "next"}))
+        status, answer = await post(http, url, session, tools_call(10, "echo", text="next"))
         assert answer["result"]["content"][0]["text"] == "next"
 
 
 async def test_deleting_a_session_ends_its_calls_and_forgets_it() -> None:
     async with bridged() as (bridge, url), aiohttp.ClientSession() as http:
         session = await raw_initialize(http, url)
-        call = asyncio.create_task(post(http, url, session, tool_call(1, "sleep", {"seconds": 30})))
+        call = asyncio.create_task(post(http, url, session, tools_call(1, "sleep", seconds=30)))
         await eventually(lambda: bridge.inflight == 1, 10, "the call to reach the server")
         async with http.delete(url, headers=headers(session)) as response:
             assert response.status == 200
         status, answer = await asyncio.wait_for(call, 10)
         assert answer["error"]["code"] == -32800
-        status, answer = await post(http, url, session, tool_call(2, "echo", {"text": "x"}))
+        status, answer = await post(http, url, session, tools_call(2, "echo", text="x"))
         assert status == 404
         assert answer["error"]["code"] == -32001
 
@@ -117,7 +116,7 @@ async def test_stdout_lines_that_are_not_json_rpc_are_ignored() -> None:
     noisy = ("sh", "-c", f"echo 'server starting...'; exec {sys.executable} -m proxyrunner.demo")
     async with bridged(noisy) as (_, url), aiohttp.ClientSession() as http:
         session = await raw_initialize(http, url)
-        status, answer = await post(http, url, session, tool_call(1, "echo", {"text": "fine"}))
+        status, answer = await post(http, url, session, tools_call(1, "echo", text="fine"))
     assert status == 200
     assert answer["result"]["content"][0]["text"] == "fine"
 
@@ -157,7 +156,7 @@ async def test_a_server_line_nested_too_deeply_to_parse_is_skipped_not_fatal() -
     )
     async with bridged(noisy) as (bridge, url), aiohttp.ClientSession() as http:
         session = await raw_initialize(http, url)
-        status, answer = await post(http, url, session, tool_call(1, "echo", {"text": "fine"}))
+        status, answer = await post(http, url, session, tools_call(1, "echo", text="fine"))
         assert status == 200
         assert answer["result"]["content"][0]["text"] == "fine"
         assert bridge.attached

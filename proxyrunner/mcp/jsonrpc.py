@@ -51,8 +51,12 @@ KNOWN_METHODS: Final = frozenset(
         "notifications/cancelled",
         "notifications/progress",
         "notifications/roots/list_changed",
+        "subscriptions/listen",
     }
 )
+LISTEN_METHODS: Final = frozenset({"subscriptions/listen"})
+"""Requests (2026-07-28) whose answer is a long-lived stream of notifications, like a GET
+listen stream of the handshake revisions."""
 INITIALIZED_NOTIFICATION: Final = b'{"jsonrpc":"2.0","method":"notifications/initialized"}'
 
 # A request's method is near its start; look no further than this.

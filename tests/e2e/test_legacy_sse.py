@@ -4,8 +4,6 @@ SDK server that speaks SSE. The client sees only the proxy's endpoint and sessio
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -13,18 +11,15 @@ from aiohttp import web
 from mcp import Client
 from mcp.client.sse import sse_client
 
-from tests.conftest import StartBackend, StartProxy
-from tests.e2e.test_streamable_proxy import tool_text, whoami
+from tests.conftest import DemoProxy, StartBackend, StartProxy
+from tests.helpers import serving, tool_text, whoami
 from tests.procs import eventually, http_status
 
 pytestmark = pytest.mark.timeout(90)
 
 
-async def test_sdk_sse_client_calls_tools_through_the_proxy(
-    start_backend: StartBackend, start_proxy: StartProxy
-) -> None:
-    alpha = start_backend("alpha", transport="sse")
-    proxy = start_proxy({"name": "legacy", "transport": "sse", "remote_url": alpha.url})
+async def test_sdk_sse_client_calls_tools_through_the_proxy(demo_proxy: DemoProxy) -> None:
+    proxy = demo_proxy(transport="sse")
     async with Client(sse_client(f"{proxy.base}/sse"), mode="legacy") as client:
         assert "hello" in tool_text(await client.call_tool("echo", {"text": "hello"}))
         assert (await whoami(client))["id"] == "alpha"
@@ -42,11 +37,8 @@ async def test_endpoint_event_names_the_proxy_not_the_backend(
     assert str(alpha.port).encode() not in first
 
 
-async def test_message_for_an_unknown_session_is_404(
-    start_backend: StartBackend, start_proxy: StartProxy
-) -> None:
-    alpha = start_backend("alpha", transport="sse")
-    proxy = start_proxy({"name": "legacy", "transport": "sse", "remote_url": alpha.url})
+async def test_message_for_an_unknown_session_is_404(demo_proxy: DemoProxy) -> None:
+    proxy = demo_proxy(transport="sse")
     async with (
         aiohttp.ClientSession() as http,
         http.post(f"{proxy.base}/messages?session_id=nope", json={"jsonrpc": "2.0"}) as response,
@@ -75,7 +67,7 @@ async def test_a_stream_whose_endpoint_event_names_another_origin_is_refused(
     thief_app.router.add_route("*", "/{tail:.*}", collect)
     server_app = web.Application()
     server_app.router.add_route("*", "/sse", sse)
-    async with running(thief_app) as thief_url, running(server_app) as server_url:
+    async with serving(thief_app) as thief_url, serving(server_app) as server_url:
         proxy = start_proxy(
             {"name": "legacy", "transport": "sse", "remote_url": f"{server_url}/sse"},
             wait=False,  # the servers above run on this loop: wait without blocking it
@@ -86,18 +78,6 @@ async def test_a_stream_whose_endpoint_event_names_another_origin_is_refused(
             body = await stream.json()
         assert body["error"]["code"] == -32002
         assert "another origin" in body["error"]["message"]
-
-
-@contextlib.asynccontextmanager
-async def running(app: web.Application) -> AsyncIterator[str]:
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
 
 
 async def test_a_legacy_message_the_backend_never_answers_gets_504_at_backend_timeout(
@@ -119,7 +99,7 @@ async def test_a_legacy_message_the_backend_never_answers_gets_504_at_backend_ti
     app = web.Application()
     app.router.add_get("/sse", sse)
     app.router.add_post("/messages", messages)
-    async with running(app) as server_url:
+    async with serving(app) as server_url:
         proxy = start_proxy(
             {
                 "name": "legacy",

@@ -12,7 +12,7 @@ import aiohttp
 from aiohttp import web
 
 from tests.conftest import StartProxy
-from tests.e2e.test_streamable_proxy import INIT, MCP_HEADERS, http_backend, tools_call
+from tests.helpers import INIT, MCP_HEADERS, http_backend, tools_call
 from tests.procs import Proxy
 from tests.raw_backend import RawBackend, ok_response, read_message
 

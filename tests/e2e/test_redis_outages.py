@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import StartBackend, StartProxy
-from tests.e2e.test_streamable_proxy import INIT, MCP_HEADERS, raw_initialize, tools_call
+from tests.helpers import INIT, MCP_HEADERS, raw_initialize, tools_call
 from tests.procs import Proxy, eventually
 from tests.redis_server import RedisServer
 

@@ -17,18 +17,18 @@ from typing import Any
 import aiohttp
 from mcp import Client
 
-from tests.conftest import StartBackend, StartProxy
-from tests.e2e.test_stdio import DEMO_STDIO, call
-from tests.e2e.test_streamable_proxy import MCP_HEADERS, raw_initialize, tool_text
+from tests.conftest import DemoProxy, StartProxy
+from tests.helpers import (
+    DEMO_STDIO,
+    MCP_HEADERS,
+    META_2026,
+    MODERN,
+    raw_session,
+    tool_text,
+    tools_call,
+)
 from tests.procs import Proxy
 from tests.raw_backend import RawBackend, ok_response, read_message
-
-MODERN = "2026-07-28"
-META = {
-    "io.modelcontextprotocol/protocolVersion": MODERN,
-    "io.modelcontextprotocol/clientCapabilities": {},
-    "io.modelcontextprotocol/clientInfo": {"name": "raw-test", "version": "1"},
-}
 
 
 def echo_call(request_id: int, text: str) -> dict[str, Any]:
@@ -36,7 +36,7 @@ def echo_call(request_id: int, text: str) -> dict[str, Any]:
         "jsonrpc": "2.0",
         "id": request_id,
         "method": "tools/call",
-        "params": {"name": "echo", "arguments": {"text": text}, "_meta": META},
+        "params": {"name": "echo", "arguments": {"text": text}, "_meta": META_2026},
     }
 
 
@@ -89,10 +89,9 @@ async def proxy_before_counting_backend(
 
 
 async def test_a_2026_sdk_client_passes_the_header_check_through_the_proxy(
-    start_backend: StartBackend, start_proxy: StartProxy
+    demo_proxy: DemoProxy,
 ) -> None:
-    backend = start_backend("alpha")
-    proxy = start_proxy({"name": "demo", "remote_url": backend.url})
+    proxy = demo_proxy()
     async with Client(proxy.url, mode="auto") as client:
         assert client.protocol_version == MODERN
         assert "echo" in {tool.name for tool in (await client.list_tools()).tools}
@@ -148,12 +147,11 @@ async def test_earlier_revisions_do_not_define_the_headers_and_pass_them_through
     start_proxy: StartProxy,
 ) -> None:
     proxy = start_proxy(DEMO_STDIO)
-    async with aiohttp.ClientSession() as http:
-        session_id = await raw_initialize(http, proxy.url)
+    async with raw_session(proxy.url) as (http, session_id):
         status, body = await post(
             http,
             proxy.url,
-            call(5, "echo", {"text": "old"}),
+            tools_call(5, "echo", text="old"),
             **{
                 "Mcp-Session-Id": session_id,
                 "MCP-Protocol-Version": "2025-06-18",
@@ -165,10 +163,9 @@ async def test_earlier_revisions_do_not_define_the_headers_and_pass_them_through
 
 
 async def test_an_http_backend_behind_the_proxy_gets_the_same_answer_for_a_mismatch(
-    start_backend: StartBackend, start_proxy: StartProxy
+    demo_proxy: DemoProxy,
 ) -> None:
-    backend = start_backend("alpha")
-    proxy = start_proxy({"name": "demo", "remote_url": backend.url})
+    proxy = demo_proxy()
     async with aiohttp.ClientSession() as http:
         headers = modern(**{"Mcp-Method": "tools/call", "Mcp-Name": "whoami"})
         status, body = await post(http, proxy.url, echo_call(9, "no"), **headers)
@@ -178,11 +175,10 @@ async def test_an_http_backend_behind_the_proxy_gets_the_same_answer_for_a_misma
 
 
 async def test_a_session_header_on_a_2026_request_is_ignored_not_looked_up(
-    start_backend: StartBackend, start_proxy: StartProxy
+    demo_proxy: DemoProxy,
 ) -> None:
     # The revision has no sessions: a stray Mcp-Session-Id must not turn into a 404.
-    backend = start_backend("alpha")
-    proxy = start_proxy({"name": "demo", "remote_url": backend.url})
+    proxy = demo_proxy()
     async with aiohttp.ClientSession() as http:
         headers = modern(
             **{"Mcp-Method": "tools/call", "Mcp-Name": "echo", "Mcp-Session-Id": "stale-id"}

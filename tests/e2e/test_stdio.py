@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import sys
 from typing import Any
 
 import aiohttp
@@ -19,29 +16,16 @@ from mcp.client.sse import sse_client
 
 from proxyrunner.mcp.revisions import HANDSHAKE_REVISIONS
 from tests.conftest import StartProxy
-from tests.e2e.test_streamable_proxy import (
+from tests.helpers import (
+    DEMO_STDIO,
     EVERYTHING,
     MCP_HEADERS,
+    check_a_session_outlives_its_killed_child,
     raw_initialize,
+    raw_session,
     tool_text,
-    whoami,
+    tools_call,
 )
-from tests.procs import eventually, http_status
-
-DEMO_STDIO = {
-    "name": "demo",
-    "transport": "stdio",
-    "cmd_args": [sys.executable, "-m", "proxyrunner.demo"],
-}
-
-
-def call(request_id: Any, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "jsonrpc": "2.0",
-        "id": request_id,
-        "method": "tools/call",
-        "params": {"name": tool, "arguments": arguments},
-    }
 
 
 async def post_json(
@@ -81,8 +65,8 @@ async def test_clients_sharing_one_stdio_server_get_their_own_answers_for_equal_
     proxy = start_proxy(DEMO_STDIO)
     async with aiohttp.ClientSession() as http:
         sessions = [await raw_initialize(http, proxy.url) for _ in range(2)]
-        slow = post_json(http, proxy.url, sessions[0], call(1, "sleep", {"seconds": 0.5}))
-        fast = post_json(http, proxy.url, sessions[1], call(1, "echo", {"text": "second"}))
+        slow = post_json(http, proxy.url, sessions[0], tools_call(1, "sleep", seconds=0.5))
+        fast = post_json(http, proxy.url, sessions[1], tools_call(1, "echo", text="second"))
         (slow_status, slow_answer), (fast_status, fast_answer) = await asyncio.gather(slow, fast)
     assert (slow_status, fast_status) == (200, 200)
     assert slow_answer["id"] == fast_answer["id"] == 1
@@ -93,17 +77,7 @@ async def test_clients_sharing_one_stdio_server_get_their_own_answers_for_equal_
 async def test_a_crashed_stdio_server_is_restarted_and_the_session_goes_on(
     start_proxy: StartProxy,
 ) -> None:
-    proxy = start_proxy(DEMO_STDIO)
-    async with Client(proxy.url, mode="legacy") as client:
-        first = await whoami(client)
-        os.kill(first["pid"], signal.SIGKILL)
-        await eventually(lambda: http_status(f"{proxy.base}/readyz") == 503, 10, "the crash")
-        await eventually(lambda: http_status(f"{proxy.base}/readyz") == 200, 30, "the restart")
-        # Same client session: the restarted server forgot it, the proxy re-initializes.
-        again = await whoami(client)
-    assert again["pid"] != first["pid"]
-    events = [e["event"] for e in proxy.log_events()]
-    assert "session re-initialized" in events
+    await check_a_session_outlives_its_killed_child(start_proxy(DEMO_STDIO))
 
 
 async def test_a_stdio_server_is_served_as_legacy_sse_when_proxy_mode_asks(
@@ -120,7 +94,7 @@ async def test_malformed_and_unknown_session_requests_get_json_rpc_errors(
     proxy = start_proxy(DEMO_STDIO)
     async with aiohttp.ClientSession() as http:
         status, answer = await post_json(
-            http, proxy.url, "no-such-session", call(7, "echo", {"text": "x"})
+            http, proxy.url, "no-such-session", tools_call(7, "echo", text="x")
         )
         assert status == 404
         assert answer["error"]["code"] == -32001
@@ -191,8 +165,7 @@ async def test_deeply_nested_json_is_a_parse_error_wherever_the_proxy_reads_it(
     start_proxy: StartProxy,
 ) -> None:
     proxy = start_proxy(DEMO_STDIO)
-    async with aiohttp.ClientSession() as http:
-        session_id = await raw_initialize(http, proxy.url)
+    async with raw_session(proxy.url) as (http, session_id):
         attempts = {
             # Looks like an initialize: the proxy parses it to route it.
             "initialize": (b'{"method":"initialize","p":' + DEEPLY_NESTED + b"}", {}),
@@ -213,7 +186,7 @@ async def test_deeply_nested_json_is_a_parse_error_wherever_the_proxy_reads_it(
                 assert (await response.json())["error"]["code"] == -32700, where
         async with http.post(
             proxy.url,
-            json=call(1, "echo", {"text": "still here"}),
+            json=tools_call(1, "echo", text="still here"),
             headers={**MCP_HEADERS, "Mcp-Session-Id": session_id},
         ) as response:
             assert "still here" in await response.text()

@@ -18,7 +18,7 @@ from mcp import Client
 from yarl import URL
 
 from tests.conftest import StartProxy
-from tests.e2e.test_streamable_proxy import tool_text, whoami
+from tests.helpers import tool_text, whoami
 from tests.kube.helpers import KubeCluster, create_pod
 from tests.procs import DemoBackend, eventually, http_status, wait_until
 

@@ -12,7 +12,7 @@ import pytest
 from mcp import Client
 
 from tests.conftest import StartBackend, StartProxy
-from tests.e2e.test_streamable_proxy import readyz_text, whoami
+from tests.helpers import readyz_text, whoami
 from tests.kube.helpers import KubeCluster, create_pod, set_ready
 from tests.procs import eventually, http_status
 

@@ -24,8 +24,8 @@ from proxyrunner.kube.directory import KubernetesBackendDirectory, pod_attacher
 from proxyrunner.logging import get_logger
 from proxyrunner.metrics import Metrics
 from tests.conftest import StartProxy
-from tests.e2e.test_streamable_proxy import readyz_text, tool_text, whoami
 from tests.fake_kubelet import fake_kubelet
+from tests.helpers import readyz_text, tool_text, whoami
 from tests.kube.helpers import (
     KubeCluster,
     KubeRequestError,
