@@ -138,7 +138,12 @@ class ProxyProcess:
             directory = _build_directory(config, self.metrics, self.log, client, self._kube)
             closers.push("backends", directory.close)
             forwarder = Forwarder(
-                client, pool, config.backend.timeout, config.listen.max_request_body
+                client,
+                pool,
+                timeout=config.backend.timeout,
+                max_body=config.listen.max_request_body,
+                metrics=self.metrics,
+                log=self.log,
             )
             parts = ProxyParts(
                 config, store, directory, self.metrics, self.traffic, forwarder, self.log

@@ -17,8 +17,7 @@ in ``cancelled``, which the ``drained`` log line reports.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 
@@ -26,11 +25,9 @@ class Traffic:
     def __init__(self) -> None:
         self._requests = 0
         self._streams = 0
-        self._work_done = asyncio.Event()
-        self._idle = asyncio.Event()
+        self._waiters = 0
+        self._wakeup = asyncio.Event()
         self._closing = asyncio.Event()
-        self._work_done.set()
-        self._idle.set()
         self.draining = False
         """Set when the process stops taking new traffic: /readyz turns 503."""
         self.cancelled = 0
@@ -52,51 +49,61 @@ class Traffic:
     def closing(self) -> bool:
         return self._closing.is_set()
 
+    def begin(self) -> None:
+        """A request is now in flight (the pipeline's fast form of ``request()``)."""
+        self._requests += 1
+        if self._waiters:
+            self._wakeup.set()
+
+    def end(self, cancelled: bool = False) -> None:
+        """A request ended; ``cancelled`` when it was cancelled (counted while draining)."""
+        self._requests -= 1
+        if cancelled and self.draining:
+            self.cancelled += 1
+        if self._waiters:
+            self._wakeup.set()
+
     @contextmanager
     def request(self) -> Iterator[None]:
-        with self._counting(requests=1):
-            try:
-                yield
-            except asyncio.CancelledError:
-                if self.draining:
-                    self.cancelled += 1
-                raise
-
-    def listen_stream(self) -> contextlib.AbstractContextManager[None]:
-        """Within a ``request()``: the request is now a stream that drain may end early."""
-        return self._counting(streams=1)
+        self.begin()
+        try:
+            yield
+        except asyncio.CancelledError:
+            self.end(cancelled=True)
+            raise
+        except BaseException:
+            self.end()
+            raise
+        self.end()
 
     @contextmanager
-    def _counting(self, requests: int = 0, streams: int = 0) -> Iterator[None]:
-        self._requests += requests
-        self._streams += streams
-        self._changed()
+    def listen_stream(self) -> Iterator[None]:
+        """Within a ``request()``: the request is now a stream that drain may end early."""
+        self._streams += 1
         try:
             yield
         finally:
-            self._requests -= requests
-            self._streams -= streams
-            self._changed()
+            self._streams -= 1
+            if self._waiters:
+                self._wakeup.set()
 
-    def _changed(self) -> None:
-        for event, holds in (
-            (self._work_done, self._requests <= self._streams),
-            (self._idle, self._requests == 0),
-        ):
-            if holds:
-                event.set()
-            else:
-                event.clear()
+    async def _wait_until(self, done: Callable[[], bool]) -> None:
+        # Counters change on every request; only while someone waits do they wake it.
+        self._waiters += 1
+        try:
+            while not done():
+                self._wakeup.clear()
+                await self._wakeup.wait()
+        finally:
+            self._waiters -= 1
 
     async def wait_work_done(self) -> None:
         """Until every request in flight is a listen stream (or none is left)."""
-        while self._requests > self._streams:
-            await self._work_done.wait()
+        await self._wait_until(lambda: self._requests <= self._streams)
 
     async def wait_idle(self) -> None:
         """Until nothing is in flight."""
-        while self._requests:
-            await self._idle.wait()
+        await self._wait_until(lambda: self._requests == 0)
 
     def close_streams(self, retry_ms: int) -> None:
         """Ask every listen stream, open now or opened later, to end at its next event

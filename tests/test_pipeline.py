@@ -86,7 +86,14 @@ async def serve(backend_url: str, extra: list[Stage]) -> AsyncIterator[tuple[str
         pool = UpstreamPool()
         directory = LocalBackendDirectory(config, metrics, log, client)
         await directory.start()
-        forwarder = Forwarder(client, pool, config.backend.timeout, config.listen.max_request_body)
+        forwarder = Forwarder(
+            client,
+            pool,
+            timeout=config.backend.timeout,
+            max_body=config.listen.max_request_body,
+            metrics=metrics,
+            log=log,
+        )
         store = MemorySessionStore(config.sessions.cache_size, config.sessions.ttl, metrics)
         parts = ProxyParts(config, store, directory, metrics, Traffic(), forwarder, log)
         server = TestServer(build_app(parts, [*default_stages(parts), *extra]), host="127.0.0.1")

@@ -10,7 +10,8 @@ It owns three decisions, so that no transport makes them differently:
   ``backend_timeout``, on every path, legacy SSE included; an answer the proxy reads
   whole (``fetch``) must be complete by then.
 - **The errors.** Library errors become the typed ``BackendFailure`` subclasses, which
-  know their HTTP status, JSON-RPC code and metric label.
+  know their HTTP status, JSON-RPC code and metric label; each failure is counted and
+  logged here, once.
 
 Headers follow the one policy in ``headers``.
 """
@@ -22,20 +23,23 @@ from dataclasses import dataclass
 from typing import Final
 
 import aiohttp
+import structlog
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from proxyrunner.backends.directory import Backend
+from proxyrunner.metrics import Metrics
 from proxyrunner.proxy.deadlines import DeadlineWatch
 from proxyrunner.proxy.errors import (
+    BackendFailure,
     BackendTimeout,
     BackendUnreachable,
     BodyTooLarge,
     ProxyError,
 )
 from proxyrunner.proxy.headers import ForwardedHeaders
+from proxyrunner.proxy.pipeline import Exchange
 from proxyrunner.proxy.upstream import BackendResponse, HostKey, UpstreamPool
-
-Body = bytes | aiohttp.StreamReader | None
 
 # Backend URLs whose pooled-client target was worked out; reset past this many (pods come
 # and go, each with its own URL).
@@ -74,30 +78,43 @@ class Fetched:
 
 class Forwarder:
     def __init__(
-        self, client: aiohttp.ClientSession, pool: UpstreamPool, timeout: float, max_body: int
+        self,
+        client: aiohttp.ClientSession,
+        pool: UpstreamPool,
+        *,
+        timeout: float,
+        max_body: int,
+        metrics: Metrics,
+        log: structlog.stdlib.BoundLogger,
     ) -> None:
         self._client, self._pool = client, pool
         self.timeout = timeout
         """Seconds a backend may take to send its response headers (backend_timeout)."""
         self._max_body = max_body
+        self._errors = metrics.backend_errors
+        self._log = log
         self._deadlines = DeadlineWatch()
         self._targets: dict[URL, _PooledTarget | None] = {}
 
-    async def send(
+    async def forward(
         self,
-        method: str,
-        url: URL,
-        headers: ForwardedHeaders,
-        body: Body,
+        exchange: Exchange,
+        backend: Backend,
+        backend_sid: str | None = None,
         *,
-        backend: str,
-        query: str = "",
+        url: URL | None = None,
     ) -> BackendResponse:
-        """Forward a client's request; returns once the response headers arrived. The
-        caller relays the body and releases the response."""
+        """Forward a client's request to ``backend`` (at ``url``, else its endpoint with the
+        client's query string); returns once the response headers arrived. The caller
+        relays the body and releases the response."""
+        request = exchange.request
+        method, body = request.method, exchange.body
+        query = request.query_string if url is None else ""
+        target_url = backend.url if url is None else url
+        headers = ForwardedHeaders(request, backend_sid)
         try:
             if type(body) is bytes and method == "POST" and not query:
-                target = self._target(url)
+                target = self._target(target_url)
                 if target is not None:
                     head = headers.head(target.start, len(body))
                     async with self._deadlines.limit(self.timeout):
@@ -106,13 +123,13 @@ class Forwarder:
             async with self._deadlines.limit(self.timeout):
                 return await self._client.request(
                     method,
-                    url.with_query(query) if query else url,
+                    target_url.with_query(query) if query else target_url,
                     data=data,
                     headers=headers.multidict(),
                     allow_redirects=False,
                 )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise self._failure(exc, backend) from exc
+            raise self._failed(exc, backend.name, exchange) from exc
 
     async def fetch(
         self,
@@ -122,6 +139,7 @@ class Forwarder:
         body: bytes | None,
         *,
         backend: str,
+        exchange: Exchange | None = None,
     ) -> Fetched:
         """Send a request whose answer the proxy reads whole (the proxy's own requests, a
         legacy message POST): headers and body both within the deadline."""
@@ -135,7 +153,23 @@ class Forwarder:
             ):
                 return Fetched(response.status, response.headers, await response.read())
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise self._failure(exc, backend) from exc
+            raise self._failed(exc, backend, exchange) from exc
+
+    def _failed(self, exc: BaseException, backend: str, exchange: Exchange | None) -> ProxyError:
+        """The error to raise for a failed call; a backend failure is counted and logged
+        here, once, whoever made the call."""
+        failure = self._failure(exc, backend)
+        if isinstance(failure, BackendFailure):
+            self._errors.labels(failure.metric).inc()
+            self._log.warning(
+                "backend request failed",
+                session=exchange.session_id if exchange is not None else None,
+                backend=backend,
+                method=exchange.rpc_method if exchange is not None else "replay",
+                status=failure.status,
+                error=str(failure),
+            )
+        return failure
 
     def _failure(self, exc: BaseException, backend: str) -> ProxyError:
         if isinstance(exc, TimeoutError):

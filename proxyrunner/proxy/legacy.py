@@ -12,8 +12,7 @@ the stream relays the answer. Both requests take the one forwarding path, so
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable
-from typing import Final, TypeVar
+from typing import Final
 
 from aiohttp import web
 from yarl import URL
@@ -21,7 +20,6 @@ from yarl import URL
 from proxyrunner.errors import BackendUnavailable, StoreUnavailable
 from proxyrunner.mcp.revisions import LEGACY_SSE_REVISION
 from proxyrunner.proxy.errors import (
-    BackendFailure,
     BackendMisbehaved,
     InvalidRequest,
     ServiceUnavailable,
@@ -39,7 +37,6 @@ from proxyrunner.sessions.record import SessionRecord, new_session_id
 # not a legacy MCP server.
 _ENDPOINT_EVENT_LIMIT: Final = 64 * 1024
 _SESSION_PARAM: Final = "session_id"
-_T = TypeVar("_T")
 
 
 async def read_endpoint_event(upstream: BackendResponse) -> str:
@@ -86,11 +83,7 @@ class LegacySSE:
             backend = self._router.pick_for_new_session()
         except BackendUnavailable as exc:
             raise ServiceUnavailable(str(exc)) from exc
-        upstream = await self._counted(
-            parts.forwarder.send(
-                "GET", backend.url, ForwardedHeaders(request, None), None, backend=backend.name
-            )
-        )
+        upstream = await parts.forwarder.forward(exchange, backend, url=backend.url)
         record: SessionRecord | None = None
         try:
             if upstream.status != 200:
@@ -152,24 +145,16 @@ class LegacySSE:
             raise SessionNotFound
         body = exchange.body
         assert body is None or isinstance(body, bytes), "legacy messages are read whole"
-        answer = await self._counted(
-            parts.forwarder.fetch(
-                "POST",
-                backend.url.join(URL(record.backend_session_id)),
-                ForwardedHeaders(request, None),
-                body,
-                backend=backend.name,
-            )
+        answer = await parts.forwarder.fetch(
+            "POST",
+            backend.url.join(URL(record.backend_session_id)),
+            ForwardedHeaders(request, None),
+            body,
+            backend=backend.name,
+            exchange=exchange,
         )
         return web.Response(
             status=answer.status,
             body=answer.body,
             headers=client_response_headers(answer.headers, None),
         )
-
-    async def _counted(self, sending: Awaitable[_T]) -> _T:
-        try:
-            return await sending
-        except BackendFailure as failure:
-            self._p.metrics.backend_errors.labels(failure.metric).inc()
-            raise

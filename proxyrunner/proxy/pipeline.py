@@ -1,16 +1,18 @@
 """The ordered request pipeline: every MCP request passes the same stages, in order.
 
-A **stage** is one object with one coroutine::
+A **stage** is an object with a ``name`` and one of two methods:
 
-    async def handle(self, exchange: Exchange, call_next: Next) -> web.StreamResponse
+- ``check(exchange) -> None``: read the request and refuse it by raising a ``ProxyError``
+  (a plain function: most stages only judge, and judging needs no coroutine);
+- ``async handle(exchange, call_next) -> web.StreamResponse``: wrap the rest of the
+  pipeline. Code before and after ``await call_next(exchange)`` runs around the backend
+  call; returning without calling ``call_next`` answers the request here.
 
-It may read the request (``exchange.request``, the body the body stage read once as
-``exchange.body``, the JSON-RPC message parsed once as ``exchange.message()``), refuse it
-(raise a ``ProxyError``, or return a response without calling ``call_next``), or wrap the
-rest of the pipeline: code before and after ``await call_next(exchange)`` runs around the
-backend call. To see the backend's answer itself (status, headers, and each JSON-RPC
-message of it: a JSON body or every SSE event), a stage registers an ``AnswerWatcher``
-with ``exchange.watch(...)``; answers are parsed for watchers only when one is registered.
+Either may read ``exchange.request``, the body the body stage read once
+(``exchange.body``) and the JSON-RPC message parsed once (``exchange.message()``). To see
+the backend's answer itself (status, headers, and each JSON-RPC message of it: a JSON
+body or every SSE event), a stage registers an ``AnswerWatcher`` with
+``exchange.watch(...)``; answers are parsed for watchers only when one is registered.
 
 ``server.py`` composes the list (the README shows it); a stage that is switched off is
 left out of the list, so it costs nothing. The last element is not a stage but the
@@ -23,10 +25,11 @@ raised anywhere into its answer.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, runtime_checkable
 
 import aiohttp
 from aiohttp import web
@@ -106,11 +109,23 @@ class Exchange:
         self.watchers.append(watcher)
 
 
-class Stage(Protocol):
+@runtime_checkable
+class CheckStage(Protocol):
     name: str
     """Short and stable: it appears in the README's list and in logs."""
 
+    def check(self, exchange: Exchange) -> None:
+        """Return to let the request pass; raise a ProxyError to refuse it."""
+
+
+@runtime_checkable
+class WrapStage(Protocol):
+    name: str
+
     async def handle(self, exchange: Exchange, call_next: Next) -> web.StreamResponse: ...
+
+
+Stage = CheckStage | WrapStage
 
 
 def compose(
@@ -118,9 +133,16 @@ def compose(
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """The aiohttp handler that runs ``stages`` in order, then ``route``."""
     chain = route
+    checks: list[Callable[[Exchange], None]] = []
     for stage in reversed(stages):
-        # A partial, not a closure: calling it costs no Python frame of its own.
-        chain = functools.partial(stage.handle, call_next=chain)
+        if isinstance(stage, WrapStage):
+            chain = _checked(checks, chain)
+            checks = []
+            # A partial, not a closure: calling it costs no Python frame of its own.
+            chain = functools.partial(stage.handle, call_next=chain)
+        else:
+            checks.insert(0, stage.check)
+    chain = _checked(checks, chain)
     requests = metrics.requests
     durations = metrics.request_duration
 
@@ -128,16 +150,37 @@ def compose(
         started = time.perf_counter()
         exchange = Exchange(request)
         response: web.StreamResponse | None = None
-        with traffic.request():
-            try:
-                response = await chain(exchange)
-            except ProxyError as exc:
-                response = exc.response()
-            finally:
-                label = exchange.rpc_method
-                status = response.status if response is not None else 499
-                requests.labels(label, str(status)).inc()
-                durations.labels(label).observe(time.perf_counter() - started)
+        # begin/end rather than a context manager: this runs for every request.
+        traffic.begin()
+        cancelled = False
+        try:
+            response = await chain(exchange)
+        except ProxyError as exc:
+            response = exc.response()
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
+        finally:
+            traffic.end(cancelled)
+            label = exchange.rpc_method
+            status = response.status if response is not None else 499
+            requests.labels(label, str(status)).inc()
+            durations.labels(label).observe(time.perf_counter() - started)
         return response
 
     return handler
+
+
+def _checked(checks: Sequence[Callable[[Exchange], None]], rest: Next) -> Next:
+    """``rest`` behind consecutive checks: a plain function that returns ``rest``'s
+    coroutine, so the checks add no coroutine layer to the request."""
+    if not checks:
+        return rest
+    ordered = tuple(checks)
+
+    def run(exchange: Exchange) -> Awaitable[web.StreamResponse]:
+        for check in ordered:
+            check(exchange)
+        return rest(exchange)
+
+    return run

@@ -14,8 +14,9 @@ and a request of no session at all (any ready backend).
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
@@ -29,13 +30,11 @@ from proxyrunner.proxy.errors import (
     ServiceUnavailable,
     SessionNotFound,
 )
-from proxyrunner.proxy.headers import ForwardedHeaders
 from proxyrunner.proxy.parts import ProxyParts
 from proxyrunner.proxy.pipeline import Exchange
 from proxyrunner.proxy.rebind import Rebinder
 from proxyrunner.proxy.relay import Relay
 from proxyrunner.proxy.routing import Router
-from proxyrunner.proxy.upstream import BackendResponse
 from proxyrunner.sessions.record import SessionRecord, new_session_id
 
 
@@ -46,15 +45,16 @@ class StreamableHTTP:
         self._relay = relay
         self._rebinder = Rebinder(parts, router)
 
-    async def handle(self, exchange: Exchange) -> web.StreamResponse:
+    def handle(self, exchange: Exchange) -> Awaitable[web.StreamResponse]:
+        # A plain function returning the coroutine it picks: no coroutine layer of its own.
         method = exchange.request.method
         if method == "POST":
-            return await self._post(exchange)
+            return self._post(exchange)
         if method == "GET":
             if exchange.session_id is None:
-                return await self._stateless(exchange)
-            return await self._in_session(exchange, exchange.session_id)
-        return await self._delete(exchange)
+                return self._stateless(exchange)
+            return self._in_session(exchange, exchange.session_id)
+        return self._delete(exchange)
 
     async def _post(self, exchange: Exchange) -> web.StreamResponse:
         client_sid = exchange.session_id
@@ -79,12 +79,12 @@ class StreamableHTTP:
         response: web.StreamResponse = web.Response(status=204)
         log = self._p.log.bind(session=client_sid, backend=record.backend)
         if backend is not None:
-            try:
-                upstream = await self._send(exchange, backend, record.backend_session_id)
+            # The backend session dies with its backend; ours is removed regardless.
+            with contextlib.suppress(BackendFailure):
+                upstream = await self._p.forwarder.forward(
+                    exchange, backend, record.backend_session_id
+                )
                 response = await self._relay.answer(exchange, upstream, None)
-            except BackendFailure as failure:
-                # The backend session dies with its backend; ours is removed regardless.
-                self._count_failure(failure, client_sid, backend.name, exchange.rpc_method)
         try:
             await self._p.store.delete(client_sid)
         except StoreUnavailable:
@@ -98,7 +98,7 @@ class StreamableHTTP:
         self, exchange: Exchange, body: bytes, protocol_version: str | None
     ) -> web.StreamResponse:
         backend = self._pick(self._router.pick_for_new_session)
-        upstream = await self._send_counted(exchange, backend, None, None)
+        upstream = await self._p.forwarder.forward(exchange, backend)
         backend_sid = upstream.headers.get(SESSION_HEADER)
         if backend_sid is None or upstream.status != 200:
             # A stateless backend (or a refusal): nothing to remember.
@@ -132,7 +132,7 @@ class StreamableHTTP:
 
     async def _stateless(self, exchange: Exchange) -> web.StreamResponse:
         backend = self._pick(self._router.pick_stateless)
-        upstream = await self._send_counted(exchange, backend, None, None)
+        upstream = await self._p.forwarder.forward(exchange, backend)
         return await self._relay.answer(exchange, upstream, None)
 
     async def _in_session(self, exchange: Exchange, client_sid: str) -> web.StreamResponse:
@@ -142,13 +142,13 @@ class StreamableHTTP:
         backend = self._router.backend_of(record)
         if backend is None:
             record, backend = await self._rebind(record, "backend gone")
-        upstream = await self._send_counted(exchange, backend, record, client_sid)
+        upstream = await self._p.forwarder.forward(exchange, backend, record.backend_session_id)
         replayable = not isinstance(exchange.body, aiohttp.StreamReader)
         if upstream.status == 404 and replayable and record.init_request is not None:
             # The backend lost the session (it restarted): re-initialize and retry once.
             upstream.release()
             record, backend = await self._rebind(record, "backend lost the session")
-            upstream = await self._send_counted(exchange, backend, record, client_sid)
+            upstream = await self._p.forwarder.forward(exchange, backend, record.backend_session_id)
         return await self._relay.answer(exchange, upstream, client_sid)
 
     async def _rebind(self, record: SessionRecord, reason: str) -> tuple[SessionRecord, Backend]:
@@ -165,43 +165,3 @@ class StreamableHTTP:
         except BackendUnavailable as exc:
             self._p.log.warning("request refused", reason=str(exc))
             raise ServiceUnavailable(str(exc)) from exc
-
-    async def _send(
-        self, exchange: Exchange, backend: Backend, backend_sid: str | None
-    ) -> BackendResponse:
-        request = exchange.request
-        return await self._p.forwarder.send(
-            request.method,
-            backend.url,
-            ForwardedHeaders(request, backend_sid),
-            exchange.body,
-            backend=backend.name,
-            query=request.query_string,
-        )
-
-    async def _send_counted(
-        self,
-        exchange: Exchange,
-        backend: Backend,
-        record: SessionRecord | None,
-        client_sid: str | None,
-    ) -> BackendResponse:
-        backend_sid = record.backend_session_id if record is not None else None
-        try:
-            return await self._send(exchange, backend, backend_sid)
-        except BackendFailure as failure:
-            self._count_failure(failure, client_sid, backend.name, exchange.rpc_method)
-            raise
-
-    def _count_failure(
-        self, failure: BackendFailure, session: str | None, backend: str, method: str
-    ) -> None:
-        self._p.metrics.backend_errors.labels(failure.metric).inc()
-        self._p.log.warning(
-            "backend request failed",
-            session=session,
-            backend=backend,
-            method=method,
-            status=failure.status,
-            error=str(failure),
-        )

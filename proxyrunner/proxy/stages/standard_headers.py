@@ -9,12 +9,11 @@ header string and a substring test on the raw body.
 from __future__ import annotations
 
 import structlog
-from aiohttp import web
 
 from proxyrunner.mcp import standard_headers
 from proxyrunner.mcp.revisions import may_claim_standard_headers
 from proxyrunner.proxy.errors import HeaderMismatch
-from proxyrunner.proxy.pipeline import Exchange, Next
+from proxyrunner.proxy.pipeline import Exchange
 
 
 class StandardHeaderCheck:
@@ -23,7 +22,7 @@ class StandardHeaderCheck:
     def __init__(self, log: structlog.stdlib.BoundLogger) -> None:
         self._log = log
 
-    async def handle(self, exchange: Exchange, call_next: Next) -> web.StreamResponse:
+    def check(self, exchange: Exchange) -> None:
         body = exchange.body
         if isinstance(body, bytes) and may_claim_standard_headers(exchange.protocol_version, body):
             message = exchange.message()
@@ -35,4 +34,3 @@ class StandardHeaderCheck:
                 )
                 request_id = message.get("id") if isinstance(message, dict) else None
                 raise HeaderMismatch(str(exc), request_id=request_id) from None
-        return await call_next(exchange)
