@@ -68,11 +68,12 @@ class _HotFamily(Collector, Generic[_Child]):
         self._children: dict[tuple[str, ...], _Child] = {}
         registry.register(self)
 
-    def labels(self, *values: str, **by_name: str) -> _Child:
-        key = values or tuple(by_name[n] for n in self._labelnames)
-        child = self._children.get(key)
+    def labels(self, *values: str) -> _Child:
+        """The child for these label values, in ``labelnames`` order (positional only:
+        keyword arguments would cost a dict per call on the hot path)."""
+        child = self._children.get(values)
         if child is None:
-            child = self._children[key] = self._new_child()
+            child = self._children[values] = self._new_child()
         return child
 
     def _new_child(self) -> _Child:

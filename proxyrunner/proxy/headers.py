@@ -59,7 +59,7 @@ _DEFAULT_CONTENT_TYPE: Final = b"Content-Type: application/octet-stream\r\n"
 class ForwardedHeaders:
     """A client request's headers as its backend must see them."""
 
-    __slots__ = ("_added", "_connection_tokens", "_request")
+    __slots__ = ("_connection_tokens", "_forwarded", "_request", "_session_id")
 
     def __init__(self, request: web.Request, backend_session_id: str | None) -> None:
         incoming = request.headers
@@ -73,24 +73,26 @@ class ForwardedHeaders:
             "\r" in backend_session_id or "\n" in backend_session_id
         ):
             raise ValueError("backend session id contains a line break")
+        self._session_id = backend_session_id
         peer = request.remote or ""
         prior = incoming.get("X-Forwarded-For")
-        added = [
-            ("X-Forwarded-For", f"{prior}, {peer}" if prior else peer),
-            ("X-Forwarded-Proto", incoming.get("X-Forwarded-Proto", request.scheme)),
-            ("X-Forwarded-Host", incoming.get("X-Forwarded-Host", request.host)),
-        ]
-        if backend_session_id is not None:
-            added.insert(0, (SESSION_HEADER, backend_session_id))
-        self._added = added
+        self._forwarded = (
+            f"{prior}, {peer}" if prior else peer,
+            incoming.get("X-Forwarded-Proto", request.scheme),
+            incoming.get("X-Forwarded-Host", request.host),
+        )
 
     def multidict(self) -> CIMultiDict[str]:
         """For ClientSession, which adds its own framing and defaults."""
         out = _without(self._request.headers, _REQUEST_DROP)
         for token in self._connection_tokens:
             out.popall(token, None)
-        for name, value in self._added:
-            out[name] = value
+        if self._session_id is not None:
+            out[SESSION_HEADER] = self._session_id
+        xff, proto, host = self._forwarded
+        out["X-Forwarded-For"] = xff
+        out["X-Forwarded-Proto"] = proto
+        out["X-Forwarded-Host"] = host
         return out
 
     def head(self, start: bytes, body_length: int) -> bytes:
@@ -108,10 +110,12 @@ class ForwardedHeaders:
         for raw_name, raw_value in self._request.raw_headers:
             if raw_name.lower() not in drop:
                 append(raw_name + b": " + raw_value + b"\r\n")
+        if self._session_id is not None:
+            append(f"{SESSION_HEADER}: {self._session_id}\r\n".encode())
+        xff, proto, host = self._forwarded
         append(
-            "".join(f"{name}: {value}\r\n" for name, value in self._added).encode(
-                "utf-8", "surrogateescape"
-            )
+            f"X-Forwarded-For: {xff}\r\nX-Forwarded-Proto: {proto}\r\n"
+            f"X-Forwarded-Host: {host}\r\n".encode("utf-8", "surrogateescape")
         )
         incoming = self._request.headers
         for name, lowered, line in _AUTO_HEADERS:

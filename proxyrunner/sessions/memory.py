@@ -82,17 +82,17 @@ class MemorySessionStore:
     async def get(self, session_id: str) -> SessionRecord | None:
         entry = self._entries.get(session_id)
         if entry is None:
-            self._metrics.store_lookups.labels(result="miss").inc()
+            self._metrics.store_lookups.labels("miss").inc()
             return None
         now = self._clock()
         record, last_use = entry
         if now - last_use >= self._ttl:
             self._drop(session_id, "expired")
-            self._metrics.store_lookups.labels(result="miss").inc()
+            self._metrics.store_lookups.labels("miss").inc()
             return None
         self._entries[session_id] = (record, now)
         self._entries.move_to_end(session_id)
-        self._metrics.store_lookups.labels(result="hit").inc()
+        self._metrics.store_lookups.labels("hit").inc()
         return record
 
     async def rebind(self, session_id: str, expected_backend: str, record: SessionRecord) -> bool:
