@@ -50,8 +50,9 @@ class Relay:
         before the backend's bytes (the legacy transport's own endpoint event)."""
         request, watchers = exchange.request, exchange.watchers
         headers = client_response_headers(upstream.headers, client_sid)
-        for watcher in watchers:
-            watcher.on_response(upstream.status, upstream.headers)
+        if watchers:
+            for watcher in watchers:
+                watcher.on_response(upstream.status, upstream.headers)
         response: web.StreamResponse | None = None
         error: BaseException | None = None
         try:
@@ -60,7 +61,8 @@ class Relay:
             small = length is not None and length <= BUFFERED_RESPONSE_LIMIT
             if small and not event_stream and not prefix:
                 body = await upstream.read()
-                _watch_json(watchers, body)
+                if watchers:
+                    _watch_json(watchers, body)
                 return web.Response(status=upstream.status, body=body, headers=headers)
             response = web.StreamResponse(status=upstream.status, headers=headers)
             await response.prepare(request)
@@ -91,8 +93,9 @@ class Relay:
             raise
         finally:
             upstream.release()
-            for watcher in watchers:
-                watcher.on_end(error)
+            if watchers:
+                for watcher in watchers:
+                    watcher.on_end(error)
 
     async def _listen(
         self,
@@ -154,7 +157,7 @@ def _ends_event(chunk: bytes) -> bool:
 
 
 def _watch_json(watchers: Sequence[AnswerWatcher], body: bytes) -> None:
-    if not watchers or not body:
+    if not body:
         return
     try:
         message = jsonrpc.parse_json(body)

@@ -32,27 +32,28 @@ class BodyLimits:
 
     async def handle(self, exchange: Exchange, call_next: Next) -> web.StreamResponse:
         request = exchange.request
-        if request.method == "POST":
-            body = exchange.body = await self._read(request, exchange.session_id is None)
-            exchange.rpc_method = peek_method(body) if isinstance(body, bytes) else "streamed"
-        return await call_next(exchange)
-
-    async def _read(self, request: web.Request, buffer_all: bool) -> bytes | aiohttp.StreamReader:
+        if request.method != "POST":
+            return await call_next(exchange)
         length = request.content_length
         if length is not None and length > self._max:
             raise self.too_large()
-        if not buffer_all and (length is None or length > BUFFERED_BODY_LIMIT):
-            return request.content
-        if length == 0:
-            return b""
-        if length is not None:
+        body: bytes | aiohttp.StreamReader
+        if exchange.session_id is not None and (length is None or length > BUFFERED_BODY_LIMIT):
+            body = request.content  # streams straight through, bounded by the forwarder
+        elif length == 0:
+            body = b""
+        elif length is not None:
             # Known size (the usual case): one read of exactly that many bytes, which is
             # cheaper than request.read()'s chunk loop. The size was checked above.
             try:
-                return await request.content.readexactly(length)
+                body = await request.content.readexactly(length)
             except asyncio.IncompleteReadError:
                 raise BodyIncomplete("body shorter than its Content-Length") from None
-        try:
-            return await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise self.too_large() from None
+        else:
+            try:
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                raise self.too_large() from None
+        exchange.body = body
+        exchange.rpc_method = peek_method(body) if isinstance(body, bytes) else "streamed"
+        return await call_next(exchange)
