@@ -45,6 +45,7 @@ _REQUEST_DROP: Final = (
 )
 _RESPONSE_DROP: Final = (*_HOP_BY_HOP, "Content-Length", SESSION_HEADER, "Server", "Date")
 _REQUEST_DROP_RAW: Final = frozenset(name.lower().encode() for name in _REQUEST_DROP)
+_RESPONSE_DROP_LOWER: Final = frozenset(name.lower() for name in _RESPONSE_DROP)
 # What ClientSession adds when the request lacks them (Accept), so that a backend sees the
 # same request whichever client sent it. Never Accept-Encoding: the proxy relays bodies as
 # encoded, so a client that did not ask for gzip must not get it.
@@ -145,7 +146,13 @@ def client_response_headers(
     backend_headers: CIMultiDictProxy[str] | Mapping[str, str], client_session_id: str | None
 ) -> CIMultiDict[str]:
     """Backend response headers as the client should see them."""
-    out = _without(backend_headers, _RESPONSE_DROP)
+    # Filter while copying: an MCP answer has a handful of headers, fewer than the names
+    # to drop, so this is cheaper than copying all and removing each name (per request).
+    out: CIMultiDict[str] = CIMultiDict()
+    add = out.add
+    for name, value in backend_headers.items():
+        if name.lower() not in _RESPONSE_DROP_LOWER:
+            add(name, value)
     if client_session_id is not None:
         out[SESSION_HEADER] = client_session_id
     return out
