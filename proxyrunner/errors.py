@@ -34,9 +34,5 @@ class StartupError(ProxyRunnerError):
     Redis refused our credentials). Exit code 3."""
 
 
-class BackendUnavailable(ProxyRunnerError):
-    """No backend can take this request now; retry later (HTTP 502/503 to the client)."""
-
-
 class StoreUnavailable(ProxyRunnerError):
     """The shared session store cannot be reached now; retry later."""

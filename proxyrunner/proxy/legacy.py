@@ -17,7 +17,7 @@ from typing import Final
 from aiohttp import web
 from yarl import URL
 
-from proxyrunner.errors import BackendUnavailable, StoreUnavailable
+from proxyrunner.errors import StoreUnavailable
 from proxyrunner.mcp.revisions import LEGACY_SSE_REVISION
 from proxyrunner.proxy.errors import (
     BackendMisbehaved,
@@ -79,10 +79,7 @@ class LegacySSE:
     async def stream(self, exchange: Exchange) -> web.StreamResponse:
         parts = self._p
         request = exchange.request
-        try:
-            backend = self._router.pick_for_new_session()
-        except BackendUnavailable as exc:
-            raise ServiceUnavailable(str(exc)) from exc
+        backend = self._router.pick_for_new_session()
         upstream = await parts.forwarder.forward(exchange, backend, url=backend.url)
         record: SessionRecord | None = None
         try:

@@ -31,12 +31,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, Protocol, runtime_checkable
 
 import aiohttp
+import structlog
 from aiohttp import web
 
 from proxyrunner.mcp import jsonrpc
 from proxyrunner.mcp.revisions import PROTOCOL_VERSION_HEADER, SESSION_HEADER, has_standard_headers
 from proxyrunner.metrics import Metrics
-from proxyrunner.proxy.errors import ParseError, ProxyError
+from proxyrunner.proxy.errors import ParseError, ProxyError, ServiceUnavailable
 from proxyrunner.traffic import Traffic
 
 Body = bytes | aiohttp.StreamReader | None
@@ -128,7 +129,11 @@ Stage = CheckStage | WrapStage
 
 
 def compose(
-    stages: Sequence[Stage], route: Next, traffic: Traffic, metrics: Metrics
+    stages: Sequence[Stage],
+    route: Next,
+    traffic: Traffic,
+    metrics: Metrics,
+    log: structlog.stdlib.BoundLogger,
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """The aiohttp handler that runs ``stages`` in order, then ``route``."""
     chain = route
@@ -153,6 +158,9 @@ def compose(
         try:
             response = await chain(exchange)
         except ProxyError as exc:
+            if isinstance(exc, ServiceUnavailable):
+                # The one refusal an operator must see: this replica cannot serve now.
+                log.warning("request refused", method=exchange.rpc_method, reason=str(exc))
             response = exc.response()
         except asyncio.CancelledError:
             cancelled = True

@@ -12,10 +12,10 @@ import time
 from dataclasses import replace
 
 from proxyrunner.backends.directory import Backend
-from proxyrunner.errors import BackendUnavailable, StoreUnavailable
+from proxyrunner.errors import StoreUnavailable
 from proxyrunner.mcp import jsonrpc
 from proxyrunner.mcp.revisions import PROTOCOL_VERSION_HEADER, SESSION_HEADER
-from proxyrunner.proxy.errors import BackendFailure, BackendMisbehaved
+from proxyrunner.proxy.errors import BackendFailure, BackendMisbehaved, ServiceUnavailable
 from proxyrunner.proxy.parts import ProxyParts
 from proxyrunner.proxy.routing import Router
 from proxyrunner.sessions.record import SessionRecord
@@ -37,7 +37,7 @@ class Rebinder:
         try:
             backend = self._router.pick_for_new_session()
             backend_sid = await self._replay_initialize(backend, record)
-        except (BackendUnavailable, BackendFailure) as exc:
+        except (ServiceUnavailable, BackendFailure) as exc:
             log.warning("session could not be re-initialized", reason=reason, error=str(exc))
             return None
         moved = replace(

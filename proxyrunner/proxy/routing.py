@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 
 from proxyrunner.backends.directory import Backend, BackendDirectory
-from proxyrunner.errors import BackendUnavailable
+from proxyrunner.proxy.errors import ServiceUnavailable
 from proxyrunner.sessions.record import SessionRecord
 from proxyrunner.sessions.store import SessionStore
 
@@ -25,11 +25,11 @@ class Router:
     def _ready(self, exclude: str | None = None) -> list[Backend]:
         ready = [b for b in self._directory.ready_backends() if b.name != exclude]
         if not ready:
-            raise BackendUnavailable(f"no backend is ready ({self._directory.describe()})")
+            raise ServiceUnavailable(f"no backend is ready ({self._directory.describe()})")
         return ready
 
     def pick_for_new_session(self, exclude: str | None = None) -> Backend:
-        """The ready backend with the fewest live sessions; raises BackendUnavailable."""
+        """The ready backend with the fewest live sessions; raises ServiceUnavailable (503)."""
         ready = self._ready(exclude)
         if len(ready) == 1:
             return ready[0]

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from proxyrunner.http_answers import error_response
@@ -21,7 +22,7 @@ from proxyrunner.mcp import jsonrpc
 from proxyrunner.mcp.rebinding import RebindingRule
 from proxyrunner.proxy.legacy import LegacySSE
 from proxyrunner.proxy.parts import ProxyParts
-from proxyrunner.proxy.pipeline import Stage, compose
+from proxyrunner.proxy.pipeline import Next, Stage, compose
 from proxyrunner.proxy.relay import Relay
 from proxyrunner.proxy.routing import Router
 from proxyrunner.proxy.stages.body import BodyLimits
@@ -105,15 +106,23 @@ def build_app(parts: ProxyParts, stages: Sequence[Stage] | None = None) -> web.A
     parts.metrics.streams_open.set_function(lambda: traffic.streams)
     router = Router(parts.directory, parts.store)
     relay = Relay(traffic, parts.log)
+
+    def pipeline(route: Next) -> Handler:
+        return compose(chosen, route, traffic, parts.metrics, parts.log)
+
     if config.backend.served_protocol == "sse":
         # A legacy SSE backend is served to clients as what it is (and a stdio one as
         # legacy SSE when proxy_mode asks for it).
-        legacy = compose(chosen, LegacySSE(parts, router, relay).handle, traffic, parts.metrics)
+        legacy = compose(
+            chosen, LegacySSE(parts, router, relay).handle, traffic, parts.metrics, parts.log
+        )
         app.router.add_get("/sse", legacy)
         app.router.add_post("/messages", legacy)
         app.router.add_post("/messages/", legacy)
     else:
-        mcp = compose(chosen, StreamableHTTP(parts, router, relay).handle, traffic, parts.metrics)
+        mcp = compose(
+            chosen, StreamableHTTP(parts, router, relay).handle, traffic, parts.metrics, parts.log
+        )
         for method in ("POST", "GET", "DELETE"):
             app.router.add_route(method, "/mcp", mcp)
         for method in ("PUT", "PATCH"):

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 
 import aiohttp
 from aiohttp import web
 
 from proxyrunner.backends.directory import Backend
-from proxyrunner.errors import BackendUnavailable, StoreUnavailable
+from proxyrunner.errors import StoreUnavailable
 from proxyrunner.mcp.revisions import SESSION_HEADER, initialize_request
 from proxyrunner.proxy.errors import (
     BackendFailure,
@@ -97,7 +97,7 @@ class StreamableHTTP:
     async def _initialize(
         self, exchange: Exchange, body: bytes, protocol_version: str | None
     ) -> web.StreamResponse:
-        backend = self._pick(self._router.pick_for_new_session)
+        backend = self._router.pick_for_new_session()
         upstream = await self._p.forwarder.forward(exchange, backend)
         backend_sid = upstream.headers.get(SESSION_HEADER)
         if backend_sid is None or upstream.status != 200:
@@ -120,7 +120,6 @@ class StreamableHTTP:
             created = False
         if not created:
             upstream.release()
-            self._p.log.warning("request refused", method="initialize", reason="store")
             raise ServiceUnavailable("the session store cannot record new sessions")
         self._p.log.info(
             "session created",
@@ -131,7 +130,7 @@ class StreamableHTTP:
         return await self._relay.answer(exchange, upstream, record.session_id)
 
     async def _stateless(self, exchange: Exchange) -> web.StreamResponse:
-        backend = self._pick(self._router.pick_stateless)
+        backend = self._router.pick_stateless()
         upstream = await self._p.forwarder.forward(exchange, backend)
         return await self._relay.answer(exchange, upstream, None)
 
@@ -156,12 +155,3 @@ class StreamableHTTP:
         if rebound is None:
             raise SessionNotFound
         return rebound
-
-    # ----------------------------------------------------------------- sending
-
-    def _pick(self, choose: Callable[[], Backend]) -> Backend:
-        try:
-            return choose()
-        except BackendUnavailable as exc:
-            self._p.log.warning("request refused", reason=str(exc))
-            raise ServiceUnavailable(str(exc)) from exc
