@@ -18,7 +18,6 @@ backwards within ``drain_timeout``:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import resource
 from collections.abc import Awaitable, Callable
@@ -31,7 +30,7 @@ from aiohttp import web
 from proxyrunner.backends.directory import BackendDirectory
 from proxyrunner.config import RunConfig, Secrets, describe
 from proxyrunner.errors import StartupError
-from proxyrunner.lifecycle import StopSignals
+from proxyrunner.lifecycle import StopSignals, unless
 from proxyrunner.logging import get_logger
 from proxyrunner.metrics import Metrics
 from proxyrunner.proxy.forward import Forwarder
@@ -194,18 +193,8 @@ class ProxyProcess:
 
     async def _until_stop(self, start: Awaitable[None], what: str) -> bool:
         """Run a start step unless a stop signal arrives first; False if stopped."""
-        task = asyncio.ensure_future(start)
-        stop = asyncio.ensure_future(self.signals.stop_requested.wait())
-        try:
-            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-        if task.done():
-            task.result()  # re-raise a startup failure
+        if await unless(start, self.signals.stop_requested):
             return True
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
         self.log.info("stopped while starting", step=what)
         return False
 
@@ -223,17 +212,9 @@ class ProxyProcess:
 
     async def _until_deadline(self, waiting: Awaitable[None], what: str) -> None:
         """Wait until done, the work deadline, or a forced stop, whichever comes first."""
-        work = asyncio.ensure_future(waiting)
-        force = asyncio.ensure_future(self.signals.force_requested.wait())
-        loop = asyncio.get_running_loop()
-        try:
-            timeout = max(0.0, self._deadline - _CLOSE_RESERVE - loop.time())
-            await asyncio.wait({work, force}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            force.cancel()
-            work.cancel()
-        timed_out = not work.done() or work.cancelled()
-        if timed_out and not self.signals.force_requested.is_set():
+        timeout = max(0.0, self._deadline - _CLOSE_RESERVE - asyncio.get_running_loop().time())
+        forced = self.signals.force_requested
+        if not await unless(waiting, forced, timeout) and not forced.is_set():
             self.log.warning("drain deadline reached", waiting_for=what)
 
     async def _drain(self, runner: web.AppRunner) -> None:
@@ -252,16 +233,8 @@ class ProxyProcess:
         )
         if await self.signals.wait_or_force(config.drain.delay):
             return
-        cleanup = asyncio.ensure_future(runner.cleanup())
-        force = asyncio.ensure_future(self.signals.force_requested.wait())
-        await asyncio.wait({cleanup, force}, return_when=asyncio.FIRST_COMPLETED)
-        force.cancel()
-        if not cleanup.done():
-            cleanup.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await cleanup
+        if not await unless(runner.cleanup(), self.signals.force_requested):
             return
-        cleanup.result()
         self.log.info(
             "drained",
             seconds=round(loop.time() - started, 3),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from collections.abc import Awaitable
 
 import structlog
 
@@ -49,3 +50,25 @@ class StopSignals:
             async with asyncio.timeout(seconds):
                 await self.force_requested.wait()
         return self.force_requested.is_set()
+
+
+async def unless(work: Awaitable[None], event: asyncio.Event, seconds: float | None = None) -> bool:
+    """Run ``work`` until it ends, unless ``event`` is set (or ``seconds`` pass) first;
+    then ``work`` is cancelled and awaited. True if ``work`` ended by itself; its
+    exception, if it raised one, propagates."""
+    task = asyncio.ensure_future(work)
+    interrupt = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({task, interrupt}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()  # the caller gave up: so does the work
+        raise
+    finally:
+        interrupt.cancel()
+    if task.done():
+        task.result()
+        return True
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return False

@@ -10,6 +10,7 @@ import pytest
 import structlog
 
 from proxyrunner.backoff import Backoff
+from proxyrunner.lifecycle import unless
 from proxyrunner.tasks import Supervisor
 
 
@@ -119,3 +120,27 @@ def test_a_fatal_policy_needs_somewhere_to_report() -> None:
 
     with pytest.raises(ValueError, match="on_fatal"):
         Supervisor(structlog.get_logger()).spawn("x", noop, policy="fatal")
+
+
+async def test_unless_lets_work_finish_or_cancels_it_when_the_event_comes_first() -> None:
+    event = asyncio.Event()
+    assert await unless(asyncio.sleep(0), event)
+    cancelled = asyncio.Event()
+
+    async def forever() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    event.set()
+    assert not await unless(forever(), event)
+    assert cancelled.is_set()
+    assert not await unless(asyncio.Event().wait(), asyncio.Event(), seconds=0.01)
+
+    async def broken() -> None:
+        raise ValueError("start failed")
+
+    with pytest.raises(ValueError, match="start failed"):
+        await unless(broken(), asyncio.Event())
