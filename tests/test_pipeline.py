@@ -30,8 +30,7 @@ from proxyrunner.proxy.upstream import UpstreamPool
 from proxyrunner.sessions.memory import MemorySessionStore
 from proxyrunner.traffic import Traffic
 from tests.conftest import StartBackend
-
-HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+from tests.helpers import MCP_HEADERS, raw_initialize, tools_call
 
 
 @dataclass
@@ -142,13 +141,8 @@ async def test_a_refused_request_gets_its_status_and_a_json_rpc_error(
     proxied: tuple[str, Recorder],
 ) -> None:
     url, _ = proxied
-    call = {
-        "jsonrpc": "2.0",
-        "id": 7,
-        "method": "tools/call",
-        "params": {"name": "add", "arguments": {}},
-    }
-    async with aiohttp.ClientSession() as http, http.post(url, json=call, headers=HEADERS) as r:
+    call = tools_call(7, "add")
+    async with aiohttp.ClientSession() as http, http.post(url, json=call, headers=MCP_HEADERS) as r:
         assert r.status == 400
         body = await r.json()
     assert body["error"]["code"] == -32600
@@ -160,26 +154,9 @@ async def test_a_stage_wraps_the_backend_call_and_sees_each_sse_event_of_the_ans
 ) -> None:
     url, recorder = proxied
     async with aiohttp.ClientSession() as http:
-        init = {
-            "jsonrpc": "2.0",
-            "id": 0,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-06-18",
-                "capabilities": {},
-                "clientInfo": {"name": "t", "version": "1"},
-            },
-        }
-        async with http.post(url, json=init, headers=HEADERS) as r:
-            session = r.headers["Mcp-Session-Id"]
-            await r.read()
-        call = {
-            "jsonrpc": "2.0",
-            "id": "c1",
-            "method": "tools/call",
-            "params": {"name": "echo", "arguments": {"text": "through the stage"}},
-        }
-        with_session = {**HEADERS, "Mcp-Session-Id": session}
+        session = await raw_initialize(http, url)
+        call = tools_call("c1", "echo", text="through the stage")
+        with_session = {**MCP_HEADERS, "Mcp-Session-Id": session}
         async with http.post(url, json=call, headers=with_session) as r:
             assert r.headers["Content-Type"].startswith("text/event-stream")
             raw = await r.text()
@@ -208,6 +185,6 @@ async def test_stages_run_in_the_order_of_the_list(start_backend: StartBackend) 
     async for url, parts in serve(backend.url, [Mark("first"), Mark("second")]):
         names = [stage.name for stage in default_stages(parts)]
         assert names == ["dns-rebinding guard", "body limits", "standard-header check"]
-        async with aiohttp.ClientSession() as http, http.get(url, headers=HEADERS) as r:
+        async with aiohttp.ClientSession() as http, http.get(url, headers=MCP_HEADERS) as r:
             await r.read()
     assert order == ["first", "second"]
