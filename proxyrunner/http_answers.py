@@ -5,7 +5,7 @@ error body"."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import web
 
@@ -31,7 +31,8 @@ def error_response(
     return json_response(status, jsonrpc.error_body(code, message, request_id, data), headers)
 
 
+SESSION_NOT_FOUND_MESSAGE: Final = "Session not found; initialize a new session"
+
+
 def session_not_found() -> web.Response:
-    return error_response(
-        404, jsonrpc.SESSION_NOT_FOUND, "Session not found; initialize a new session"
-    )
+    return error_response(404, jsonrpc.SESSION_NOT_FOUND, SESSION_NOT_FOUND_MESSAGE)

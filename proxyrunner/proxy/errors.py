@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 from aiohttp import web
 
 from proxyrunner.errors import ProxyRunnerError
-from proxyrunner.http_answers import error_response
+from proxyrunner.http_answers import SESSION_NOT_FOUND_MESSAGE, error_response
 from proxyrunner.mcp import jsonrpc
 
 
@@ -67,6 +67,10 @@ class BodyTooLarge(RequestRefused):
     status = 413
     code = jsonrpc.REQUEST_TOO_LARGE
 
+    @classmethod
+    def over(cls, limit: int) -> BodyTooLarge:
+        return cls(f"Request body larger than the limit of {limit} bytes")
+
 
 class HeaderMismatch(RequestRefused):
     code = jsonrpc.HEADER_MISMATCH
@@ -88,7 +92,7 @@ class SessionNotFound(ProxyError):
     status = 404
     code = jsonrpc.SESSION_NOT_FOUND
 
-    def __init__(self, message: str = "Session not found; initialize a new session") -> None:
+    def __init__(self, message: str = SESSION_NOT_FOUND_MESSAGE) -> None:
         super().__init__(message)
 
 

@@ -178,7 +178,7 @@ class Forwarder:
         if isinstance(exc, BodyTooLarge) or isinstance(exc.__cause__, BodyTooLarge):
             # A streamed body crossed the limit on its way through: the client's fault,
             # answered as such (413), not counted as a backend failure.
-            return BodyTooLarge(f"Request body larger than the limit of {self._max_body} bytes")
+            return BodyTooLarge.over(self._max_body)
         return BackendUnreachable(f"backend {backend} unreachable ({exc.__class__.__name__})")
 
     def _stream(self, reader: aiohttp.StreamReader) -> aiohttp.payload.AsyncIterablePayload:

@@ -27,16 +27,13 @@ class BodyLimits:
     def __init__(self, max_body: int) -> None:
         self._max = max_body
 
-    def too_large(self) -> BodyTooLarge:
-        return BodyTooLarge(f"Request body larger than the limit of {self._max} bytes")
-
     async def handle(self, exchange: Exchange, call_next: Next) -> web.StreamResponse:
         request = exchange.request
         if request.method != "POST":
             return await call_next(exchange)
         length = request.content_length
         if length is not None and length > self._max:
-            raise self.too_large()
+            raise BodyTooLarge.over(self._max)
         body: bytes | aiohttp.StreamReader
         if exchange.session_id is not None and (length is None or length > BUFFERED_BODY_LIMIT):
             body = request.content  # streams straight through, bounded by the forwarder
@@ -53,7 +50,7 @@ class BodyLimits:
             try:
                 body = await request.read()
             except web.HTTPRequestEntityTooLarge:
-                raise self.too_large() from None
+                raise BodyTooLarge.over(self._max) from None
         exchange.body = body
         exchange.rpc_method = peek_method(body) if isinstance(body, bytes) else "streamed"
         return await call_next(exchange)
