@@ -1,9 +1,10 @@
 """What the process is serving right now: requests in flight and client listen streams.
 
 One object holds it, so that readiness, the metrics and the drain read the same truth:
-every request the server accepts runs inside ``traffic.request()``, and a request that
-turns into a long-lived listen stream (``GET /mcp``, legacy ``GET /sse``) also runs inside
-``traffic.listen_stream()``. Waiting is on events, never polling:
+the pipeline calls ``begin()`` and ``end()`` around every request it accepts (plain calls,
+not a context manager: this runs for every request), and a request that turns into a
+long-lived listen stream (``GET /mcp``, legacy ``GET /sse``, ``subscriptions/listen``)
+also runs inside ``traffic.listen_stream()``. Waiting is on events, never polling:
 
 - ``wait_work_done()`` returns once nothing but listen streams is left in flight;
 - ``close_streams(retry_ms)`` asks every listen stream to end at its next event boundary
@@ -45,12 +46,8 @@ class Traffic:
         """Open client listen streams."""
         return self._streams
 
-    @property
-    def closing(self) -> bool:
-        return self._closing.is_set()
-
     def begin(self) -> None:
-        """A request is now in flight (the pipeline's fast form of ``request()``)."""
+        """A request is now in flight."""
         self._requests += 1
         if self._waiters:
             self._wakeup.set()
@@ -62,19 +59,6 @@ class Traffic:
             self.cancelled += 1
         if self._waiters:
             self._wakeup.set()
-
-    @contextmanager
-    def request(self) -> Iterator[None]:
-        self.begin()
-        try:
-            yield
-        except asyncio.CancelledError:
-            self.end(cancelled=True)
-            raise
-        except BaseException:
-            self.end()
-            raise
-        self.end()
 
     @contextmanager
     def listen_stream(self) -> Iterator[None]:
