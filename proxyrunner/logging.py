@@ -2,7 +2,8 @@
 
 Library loggers (aiohttp, redis, kubernetes_asyncio) go through the same renderer, so a
 container's log stream is one format. A redaction step drops any value whose key names a
-secret, as a last line of defence: secrets are never logged on purpose.
+secret, as a last line of defence: secrets are never logged on purpose; another replaces
+session ids with their short hash, so that a log line never hands out a usable session.
 """
 
 from __future__ import annotations
@@ -14,9 +15,14 @@ from typing import Any, Literal
 
 import structlog
 
+from proxyrunner.principal import short_hash
+
 LogFormat = Literal["json", "console", "auto"]
 
 _SECRET_KEY_PARTS = ("password", "secret", "token", "authorization")
+# Keys whose values identify a session: a log reader must be able to follow a session,
+# never to use it, so they are logged as a short hash.
+_SESSION_KEYS = frozenset({"session", "session_id", "client_session"})
 
 
 def _redact_secrets(
@@ -25,6 +31,16 @@ def _redact_secrets(
     for key in list(event):
         if any(part in key.lower() for part in _SECRET_KEY_PARTS):
             event[key] = "[redacted]"
+    return event
+
+
+def _hash_session_ids(
+    _logger: Any, _name: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    for key in _SESSION_KEYS.intersection(event):
+        value = event[key]
+        if isinstance(value, str):
+            event[key] = short_hash(value)
     return event
 
 
@@ -40,6 +56,7 @@ def configure_logging(fmt: LogFormat = "auto", level: str = "info") -> None:
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _redact_secrets,
+        _hash_session_ids,
     ]
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()

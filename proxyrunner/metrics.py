@@ -206,6 +206,13 @@ class Metrics:
             "session_invalidations_received",
             "Session invalidation messages received from other replicas.",
         )
+        self.auth_refusals = counter(
+            "auth_refusals",
+            "Requests refused by the identity and authorization stages, by reason "
+            "(missing_token, invalid_token, insufficient_scope, idp_unavailable, "
+            "session_principal_mismatch, policy_denied).",
+            "reason",
+        )
         self.apply_total = counter(
             "statefulset_apply",
             "Backend StatefulSet applies, by result (applied, skipped, conflict, error).",

@@ -112,7 +112,7 @@ class Forwarder:
         # raw_path first: query_string parses a URL, which the hot path cannot afford.
         query = request.query_string if url is None and "?" in request.raw_path else ""
         target_url = backend.url if url is None else url
-        headers = ForwardedHeaders(request, backend_sid)
+        headers = ForwardedHeaders(request, backend_sid, exchange.header_edit)
         try:
             if type(body) is bytes and method == "POST" and not query:
                 target = self._target(target_url)

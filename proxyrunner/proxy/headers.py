@@ -13,7 +13,7 @@ the same values (a test compares what a backend receives either way).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Final
 
 import aiohttp
@@ -57,14 +57,42 @@ _AUTO_HEADERS: Final = tuple(
 _DEFAULT_CONTENT_TYPE: Final = b"Content-Type: application/octet-stream\r\n"
 
 
+class HeaderEdit:
+    """What a stage changes in the headers a backend gets: names to drop (the client's
+    ``Authorization`` when the proxy is the resource server: no token passthrough) and
+    headers to set (outbound credentials)."""
+
+    __slots__ = ("drop", "drop_raw", "set")
+
+    def __init__(
+        self, drop: Iterable[str] = (), set_headers: Iterable[tuple[str, str]] = ()
+    ) -> None:
+        self.set = tuple(set_headers)
+        for name, value in self.set:
+            if any(c in name or c in value for c in "\r\n\0"):
+                raise ValueError(f"header {name!r} contains a line break")
+        # A header the proxy sets is never also taken from the client.
+        self.drop = frozenset(name.lower() for name in (*drop, *(n for n, _ in self.set)))
+        self.drop_raw = frozenset(name.encode() for name in self.drop)
+
+    def with_drop(self, *names: str) -> HeaderEdit:
+        return HeaderEdit((*self.drop, *names), self.set)
+
+
 class ForwardedHeaders:
     """A client request's headers as its backend must see them."""
 
-    __slots__ = ("_connection_tokens", "_forwarded", "_request", "_session_id")
+    __slots__ = ("_connection_tokens", "_edit", "_forwarded", "_request", "_session_id")
 
-    def __init__(self, request: web.Request, backend_session_id: str | None) -> None:
+    def __init__(
+        self,
+        request: web.Request,
+        backend_session_id: str | None,
+        edit: HeaderEdit | None = None,
+    ) -> None:
         incoming = request.headers
         self._request = request
+        self._edit = edit
         connection = incoming.get("Connection")
         # The Connection header may name further hop-by-hop headers.
         self._connection_tokens = (
@@ -90,6 +118,12 @@ class ForwardedHeaders:
             out.popall(token, None)
         if self._session_id is not None:
             out[SESSION_HEADER] = self._session_id
+        edit = self._edit
+        if edit is not None:
+            for name in edit.drop:
+                out.popall(name, None)
+            for name, value in edit.set:
+                out[name] = value
         xff, proto, host = self._forwarded
         out["X-Forwarded-For"] = xff
         out["X-Forwarded-Proto"] = proto
@@ -106,6 +140,9 @@ class ForwardedHeaders:
         drop = _REQUEST_DROP_RAW
         if self._connection_tokens:
             drop = drop | {token.lower().encode() for token in self._connection_tokens}
+        edit = self._edit
+        if edit is not None:
+            drop = drop | edit.drop_raw
         parts = [start]
         append = parts.append
         for raw_name, raw_value in self._request.raw_headers:
@@ -113,6 +150,9 @@ class ForwardedHeaders:
                 append(raw_name + b": " + raw_value + b"\r\n")
         if self._session_id is not None:
             append(f"{SESSION_HEADER}: {self._session_id}\r\n".encode())
+        if edit is not None:
+            for name, value in edit.set:
+                append(f"{name}: {value}\r\n".encode("utf-8", "surrogateescape"))
         xff, proto, host = self._forwarded
         append(
             f"X-Forwarded-For: {xff}\r\nX-Forwarded-Proto: {proto}\r\n"

@@ -26,6 +26,7 @@ from proxyrunner.proxy.errors import (
     SessionNotFound,
 )
 from proxyrunner.proxy.headers import ForwardedHeaders, client_response_headers
+from proxyrunner.proxy.ownership import SessionOwnership, binding_of
 from proxyrunner.proxy.parts import ProxyParts
 from proxyrunner.proxy.pipeline import Exchange
 from proxyrunner.proxy.relay import Relay
@@ -70,6 +71,7 @@ class LegacySSE:
         self._p = parts
         self._router = router
         self._relay = relay
+        self._ownership = SessionOwnership(parts.store, parts.metrics, parts.log)
 
     async def handle(self, exchange: Exchange) -> web.StreamResponse:
         if exchange.request.method == "GET":
@@ -95,7 +97,9 @@ class LegacySSE:
                     backend=backend.name,
                 )
                 raise BackendMisbehaved("backend named a message endpoint on another origin")
-            record = await self._create(backend.name, str(message_url.relative()))
+            record = await self._create(
+                backend.name, str(message_url.relative()), binding_of(exchange)
+            )
             own_endpoint = request.url.with_path("/messages").with_query(
                 {_SESSION_PARAM: record.session_id}
             )
@@ -110,7 +114,7 @@ class LegacySSE:
                 except StoreUnavailable:
                     parts.log.warning("session end not recorded", session=record.session_id)
 
-    async def _create(self, backend: str, message_path: str) -> SessionRecord:
+    async def _create(self, backend: str, message_path: str, owner: str | None) -> SessionRecord:
         now = time.time()
         record = SessionRecord(
             session_id=new_session_id(),
@@ -120,6 +124,7 @@ class LegacySSE:
             transport="sse",
             created=now,
             last_used=now,
+            principal=owner,
         )
         try:
             await self._p.store.create(record)
@@ -134,8 +139,8 @@ class LegacySSE:
         session_id = request.query.get(_SESSION_PARAM)
         if not session_id:
             raise InvalidRequest(f"missing {_SESSION_PARAM} query parameter")
-        record = await parts.store.get(session_id)
-        if record is None or record.transport != "sse" or record.backend_session_id is None:
+        record = await self._ownership.record_of(exchange, session_id)
+        if record.transport != "sse" or record.backend_session_id is None:
             raise SessionNotFound
         backend = self._router.backend_of(record)
         if backend is None:
@@ -145,7 +150,7 @@ class LegacySSE:
         answer = await parts.forwarder.fetch(
             "POST",
             backend.url.join(URL(record.backend_session_id)),
-            ForwardedHeaders(request, None),
+            ForwardedHeaders(request, None, exchange.header_edit),
             body,
             backend=backend.name,
             exchange=exchange,

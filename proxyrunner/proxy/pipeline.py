@@ -12,7 +12,10 @@ Either may read ``exchange.request``, the body the body stage read once
 (``exchange.body``) and the JSON-RPC message parsed once (``exchange.message()``). To see
 the backend's answer itself (status, headers, and each JSON-RPC message of it: a JSON
 body or every SSE event), a stage registers an ``AnswerWatcher`` with
-``exchange.watch(...)``; answers are parsed for watchers only when one is registered.
+``exchange.watch(...)``; to change the messages the client gets (the authorization stage
+filters list answers), it registers a rewrite with ``exchange.rewrite(...)``. Answers are
+parsed only when a watcher or a rewrite is registered. The identity stage records who
+sent the request in ``exchange.principal``.
 
 ``server.py`` composes the list (the README shows it); a stage that is switched off is
 left out of the list, so it costs nothing. The last element is not a stage but the
@@ -37,7 +40,10 @@ from aiohttp import web
 from proxyrunner.mcp import jsonrpc
 from proxyrunner.mcp.revisions import PROTOCOL_VERSION_HEADER, SESSION_HEADER, has_standard_headers
 from proxyrunner.metrics import Metrics
+from proxyrunner.principal import Principal
 from proxyrunner.proxy.errors import ParseError, ProxyError, ServiceUnavailable
+from proxyrunner.proxy.events import Rewrite
+from proxyrunner.proxy.headers import HeaderEdit
 from proxyrunner.traffic import Traffic
 
 Body = bytes | aiohttp.StreamReader | None
@@ -66,8 +72,11 @@ class Exchange:
     __slots__ = (
         "_message",
         "body",
+        "header_edit",
+        "principal",
         "protocol_version",
         "request",
+        "rewrites",
         "rpc_method",
         "session_id",
         "watchers",
@@ -90,6 +99,13 @@ class Exchange:
         self.rpc_method: str = _DEFAULT_LABELS.get(request.method, "unknown")
         """The JSON-RPC method as a bounded label (for metrics and logs)."""
         self.watchers: list[AnswerWatcher] = []
+        self.rewrites: list[Rewrite] = []
+        self.header_edit: HeaderEdit | None = None
+        """Set by stages: what the backend's copy of the request headers drops and gets
+        (the identity stage drops Authorization and sets outbound credentials)."""
+        self.principal: Principal | None = None
+        """Set by the identity stage: who sent the request (None when the endpoint is
+        unauthenticated)."""
         self._message: Any = _UNPARSED
 
     def message(self) -> Any:
@@ -107,6 +123,11 @@ class Exchange:
 
     def watch(self, watcher: AnswerWatcher) -> None:
         self.watchers.append(watcher)
+
+    def rewrite(self, rewrite: Rewrite) -> None:
+        """Pass every JSON-RPC message of the answer through ``rewrite`` before the client
+        gets it (a JSON body is then read whole; SSE events are held until complete)."""
+        self.rewrites.append(rewrite)
 
 
 @runtime_checkable

@@ -9,6 +9,7 @@ backend: the loser follows the store's answer.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 
 from proxyrunner.backends.directory import Backend
@@ -27,16 +28,18 @@ class Rebinder:
         self._router = router
 
     async def rebind(
-        self, record: SessionRecord, reason: str
+        self, record: SessionRecord, reason: str, credentials: Sequence[tuple[str, str]] = ()
     ) -> tuple[SessionRecord, Backend] | None:
         """The session re-initialized on a ready backend and moved there, or None when
-        that is impossible (the client then gets 404 and initializes again)."""
+        that is impossible (the client then gets 404 and initializes again).
+        ``credentials`` are the outbound headers the client's own requests carry to the
+        backend (never the client's token)."""
         if record.init_request is None:
             return None
         log = self._p.log.bind(session=record.session_id, backend=record.backend)
         try:
             backend = self._router.pick_for_new_session()
-            backend_sid = await self._replay_initialize(backend, record)
+            backend_sid = await self._replay_initialize(backend, record, credentials)
         except (ServiceUnavailable, BackendFailure) as exc:
             log.warning("session could not be re-initialized", reason=reason, error=str(exc))
             return None
@@ -59,12 +62,15 @@ class Rebinder:
         log.info("session re-initialized", reason=reason, new_backend=backend.name)
         return moved, backend
 
-    async def _replay_initialize(self, backend: Backend, record: SessionRecord) -> str | None:
+    async def _replay_initialize(
+        self, backend: Backend, record: SessionRecord, credentials: Sequence[tuple[str, str]]
+    ) -> str | None:
         assert record.init_request is not None
         forwarder = self._p.forwarder
         headers = {
             "Content-Type": "application/json",
             "Accept": "application/json, text/event-stream",
+            **dict(credentials),
         }
         answer = await forwarder.fetch(
             "POST", backend.url, headers, record.init_request.encode(), backend=backend.name

@@ -13,15 +13,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
-from typing import Final
+from typing import Any, Final, Protocol
 
 import aiohttp
 import structlog
 from aiohttp import web
 
 from proxyrunner.mcp import jsonrpc
-from proxyrunner.proxy.errors import BackendClosedEarly
-from proxyrunner.proxy.events import EventReader
+from proxyrunner.proxy.errors import BackendClosedEarly, BackendMisbehaved
+from proxyrunner.proxy.events import EventReader, EventRewriter, Rewrite
 from proxyrunner.proxy.headers import client_response_headers
 from proxyrunner.proxy.pipeline import AnswerWatcher, Exchange
 from proxyrunner.proxy.upstream import BackendResponse
@@ -48,7 +48,7 @@ class Relay:
     ) -> web.StreamResponse:
         """Send the backend's answer to the client and release it. ``prefix`` is written
         before the backend's bytes (the legacy transport's own endpoint event)."""
-        request, watchers = exchange.request, exchange.watchers
+        request, watchers, rewrites = exchange.request, exchange.watchers, exchange.rewrites
         headers = client_response_headers(upstream.headers, client_sid)
         if watchers:
             for watcher in watchers:
@@ -59,8 +59,10 @@ class Relay:
             length = upstream.content_length
             event_stream = upstream.content_type == "text/event-stream"
             small = length is not None and length <= BUFFERED_RESPONSE_LIMIT
-            if small and not event_stream and not prefix:
+            if (small or rewrites) and not event_stream and not prefix:
                 body = await upstream.read()
+                if rewrites:
+                    body = _rewrite_json(rewrites, body, upstream.headers)
                 if watchers:
                     _watch_json(watchers, body)
                 return web.Response(status=upstream.status, body=body, headers=headers)
@@ -69,13 +71,16 @@ class Relay:
             if prefix:
                 await response.write(prefix)
             reader = EventReader() if watchers and event_stream else None
+            content: _Content = upstream.content
+            if rewrites and event_stream:
+                content = _RewrittenEvents(upstream, rewrites)
             listening = request.method == "GET" or exchange.rpc_method in jsonrpc.LISTEN_METHODS
             if event_stream and listening:
                 # A listen stream: the one kind drain ends early (with a retry hint).
                 with self._traffic.listen_stream():
-                    await self._listen(upstream, response, watchers, reader)
+                    await self._listen(content, response, watchers, reader)
             else:
-                async for chunk in upstream.content.iter_any():
+                while chunk := await content.readany():
                     await response.write(chunk)
                     _watch_events(watchers, reader, chunk)
             await response.write_eof()
@@ -99,7 +104,7 @@ class Relay:
 
     async def _listen(
         self,
-        upstream: BackendResponse,
+        content: _Content,
         downstream: web.StreamResponse,
         watchers: Sequence[AnswerWatcher],
         reader: EventReader | None,
@@ -111,11 +116,11 @@ class Relay:
         closing = asyncio.ensure_future(traffic.wait_closing())
         try:
             while True:
-                read = asyncio.ensure_future(upstream.content.readany())
+                read = asyncio.ensure_future(content.readany())
                 done, _ = await asyncio.wait({read, closing}, return_when=asyncio.FIRST_COMPLETED)
                 if read not in done:
                     if not at_boundary:
-                        at_boundary = await self._finish_event(upstream, downstream, read)
+                        at_boundary = await self._finish_event(content, downstream, read)
                     else:
                         read.cancel()
                     if at_boundary:
@@ -132,7 +137,7 @@ class Relay:
 
     async def _finish_event(
         self,
-        upstream: BackendResponse,
+        content: _Content,
         downstream: web.StreamResponse,
         read: asyncio.Future[bytes],
     ) -> bool:
@@ -147,9 +152,55 @@ class Relay:
                     await downstream.write(chunk)
                     if _ends_event(chunk):
                         return True
-                    read = asyncio.ensure_future(upstream.content.readany())
+                    read = asyncio.ensure_future(content.readany())
         read.cancel()
         return False
+
+
+def _rewrite_all(rewrites: Sequence[Rewrite], message: Any) -> Any:
+    for rewrite in rewrites:
+        message = rewrite(message)
+    return message
+
+
+def _rewrite_json(rewrites: Sequence[Rewrite], body: bytes, headers: Any) -> bytes:
+    if headers.get("Content-Encoding", "identity") != "identity":
+        # The identity stage asks the backend for identity encoding when it rewrites; an
+        # answer it cannot read must not pass unfiltered.
+        raise BackendMisbehaved("backend compressed an answer the proxy must filter")
+    try:
+        message = jsonrpc.parse_json(body)
+    except ValueError:
+        return body
+    rewritten = _rewrite_all(rewrites, message)
+    return body if rewritten is message else jsonrpc.dumps(rewritten)
+
+
+class _Content(Protocol):
+    async def readany(self) -> bytes: ...
+
+
+class _RewrittenEvents:
+    """A backend's SSE body seen through an EventRewriter: the relay copies what this
+    returns instead of the backend's bytes (each complete event rewritten)."""
+
+    def __init__(self, upstream: BackendResponse, rewrites: Sequence[Rewrite]) -> None:
+        if upstream.headers.get("Content-Encoding", "identity") != "identity":
+            raise BackendMisbehaved("backend compressed an answer the proxy must filter")
+        self._content = upstream.content
+        self._events = EventRewriter(lambda message: _rewrite_all(rewrites, message))
+        self._ended = False
+
+    async def readany(self) -> bytes:
+        while not self._ended:
+            chunk = await self._content.readany()
+            if not chunk:
+                self._ended = True
+                return self._events.flush()
+            out = self._events.feed(chunk)
+            if out:
+                return out
+        return b""
 
 
 def _ends_event(chunk: bytes) -> bool:

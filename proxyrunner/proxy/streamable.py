@@ -30,6 +30,7 @@ from proxyrunner.proxy.errors import (
     ServiceUnavailable,
     SessionNotFound,
 )
+from proxyrunner.proxy.ownership import SessionOwnership, binding_of
 from proxyrunner.proxy.parts import ProxyParts
 from proxyrunner.proxy.pipeline import Exchange
 from proxyrunner.proxy.rebind import Rebinder
@@ -44,6 +45,7 @@ class StreamableHTTP:
         self._router = router
         self._relay = relay
         self._rebinder = Rebinder(parts, router)
+        self._ownership = SessionOwnership(parts.store, parts.metrics, parts.log)
 
     def handle(self, exchange: Exchange) -> Awaitable[web.StreamResponse]:
         # A plain function returning the coroutine it picks: no coroutine layer of its own.
@@ -72,9 +74,7 @@ class StreamableHTTP:
         client_sid = exchange.session_id
         if client_sid is None:
             raise InvalidRequest(f"DELETE needs an {SESSION_HEADER} header")
-        record = await self._p.store.get(client_sid)
-        if record is None:
-            raise SessionNotFound
+        record = await self._ownership.record_of(exchange, client_sid)
         backend = self._router.backend_of(record)
         response: web.StreamResponse = web.Response(status=204)
         log = self._p.log.bind(session=client_sid, backend=record.backend)
@@ -113,6 +113,7 @@ class StreamableHTTP:
             created=now,
             last_used=now,
             init_request=body.decode("utf-8", "replace"),
+            principal=binding_of(exchange),
         )
         try:
             created = await self._p.store.create(record)
@@ -135,23 +136,24 @@ class StreamableHTTP:
         return await self._relay.answer(exchange, upstream, None)
 
     async def _in_session(self, exchange: Exchange, client_sid: str) -> web.StreamResponse:
-        record = await self._p.store.get(client_sid)
-        if record is None:
-            raise SessionNotFound
+        record = await self._ownership.record_of(exchange, client_sid)
         backend = self._router.backend_of(record)
         if backend is None:
-            record, backend = await self._rebind(record, "backend gone")
+            record, backend = await self._rebind(exchange, record, "backend gone")
         upstream = await self._p.forwarder.forward(exchange, backend, record.backend_session_id)
         replayable = not isinstance(exchange.body, aiohttp.StreamReader)
         if upstream.status == 404 and replayable and record.init_request is not None:
             # The backend lost the session (it restarted): re-initialize and retry once.
             upstream.release()
-            record, backend = await self._rebind(record, "backend lost the session")
+            record, backend = await self._rebind(exchange, record, "backend lost the session")
             upstream = await self._p.forwarder.forward(exchange, backend, record.backend_session_id)
         return await self._relay.answer(exchange, upstream, client_sid)
 
-    async def _rebind(self, record: SessionRecord, reason: str) -> tuple[SessionRecord, Backend]:
-        rebound = await self._rebinder.rebind(record, reason)
+    async def _rebind(
+        self, exchange: Exchange, record: SessionRecord, reason: str
+    ) -> tuple[SessionRecord, Backend]:
+        edit = exchange.header_edit
+        rebound = await self._rebinder.rebind(record, reason, edit.set if edit else ())
         if rebound is None:
             raise SessionNotFound
         return rebound

@@ -50,6 +50,9 @@ class SessionRecord:
     """Unix time of last use as last written to the store (refreshes are coalesced)."""
     init_request: str | None = None
     """The client's initialize request body, replayed to re-initialize on another backend."""
+    principal: str | None = None
+    """``Principal.binding`` of the session's creator (a hash of issuer and subject), or
+    None on an unauthenticated endpoint. Every replica refuses the session to anyone else."""
 
     def to_json(self) -> str:
         doc: dict[str, Any] = {"v": RECORD_VERSION, **asdict(self)}

@@ -1,0 +1,1 @@
+"""Audit: one structured event per MCP operation, in a log of its own."""

@@ -1,0 +1,1 @@
+"""Authorization: Cedar policies in ToolHive's format, evaluated per MCP operation."""
