@@ -233,3 +233,15 @@ def _write_session_redis(redis: SessionRedisConfig) -> dict[str, Any]:
 
 
 SESSION_REDIS: Final = Kind(_read_session_redis, _write_session_redis)
+
+
+def go_keys(value: Mapping[str, Any], names: Mapping[str, str]) -> dict[str, Any]:
+    """A ToolHive object's keys mapped to ours the way Go's encoding/json reads them:
+    ``names`` maps each accepted JSON name (its json tag, its Go field name, our
+    snake_case name) to our attribute, and keys match case-insensitively, as Go's do.
+    Keys that match none are kept as they are (the caller reports them)."""
+    folded = {name.lower(): attribute for name, attribute in names.items()}
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        out[folded.get(str(key).lower(), str(key))] = item
+    return out
