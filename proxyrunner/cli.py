@@ -148,7 +148,7 @@ async def _read_environment(
     namespace (the RunConfig's, else the pod's), the pod address map and the API client
     (opened unless the ConfigMap read opened one already)."""
     config = apply_env_overrides(config, os.environ)
-    secrets = secrets_from_env(os.environ)
+    secrets = secrets_from_env(os.environ, config)
     if config.backend.runtime != "kubernetes":
         return config, secrets, None
     from proxyrunner.kube.client import KubeAccess, open_api_client

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final
 
+from proxyrunner.config.oidc import OIDC_CLIENT_SECRET_ENV, TOKEN_EXCHANGE_CLIENT_SECRET_ENV
 from proxyrunner.config.problems import show
 from proxyrunner.config.run_config import RunConfig
 from proxyrunner.errors import ConfigError
@@ -33,6 +34,13 @@ class Secrets:
 
     redis_password: str | None = field(default=None, repr=False)
     """From THV_SESSION_REDIS_PASSWORD; None (or empty) connects without AUTH."""
+    oidc_client_secret: str | None = field(default=None, repr=False)
+    """The proxy's client secret at the IdP (introspection): THV_OIDC_CLIENT_SECRET or
+    ``oidc_config.client_secret_file``."""
+    token_exchange_client_secret: str | None = field(default=None, repr=False)
+    """THV_TOKEN_EXCHANGE_CLIENT_SECRET or ``token_exchange_config.client_secret_file``."""
+    backend_auth_value: str | None = field(default=None, repr=False)
+    """The header value ``backend_auth`` sends the backend."""
 
 
 def apply_env_overrides(config: RunConfig, environ: Mapping[str, str]) -> RunConfig:
@@ -49,8 +57,46 @@ def apply_env_overrides(config: RunConfig, environ: Mapping[str, str]) -> RunCon
     return replace(config, mcpserver_generation=int(text))
 
 
-def secrets_from_env(environ: Mapping[str, str]) -> Secrets:
-    return Secrets(redis_password=environ.get(REDIS_PASSWORD_ENV) or None)
+def secrets_from_env(environ: Mapping[str, str], config: RunConfig | None = None) -> Secrets:
+    """The secrets the config asks for, from the environment and mounted files. Raises
+    ConfigError naming the variable or file (never its content) when one is missing."""
+    identity = config.identity if config is not None else None
+    oidc = identity.oidc if identity is not None else None
+    exchange = identity.token_exchange if identity is not None else None
+    auth = identity.backend_auth if identity is not None else None
+    return Secrets(
+        redis_password=environ.get(REDIS_PASSWORD_ENV) or None,
+        oidc_client_secret=(
+            _secret(environ, OIDC_CLIENT_SECRET_ENV, oidc.client_secret_file, required=False)
+            if oidc is not None
+            else None
+        ),
+        token_exchange_client_secret=(
+            _secret(environ, TOKEN_EXCHANGE_CLIENT_SECRET_ENV, exchange.client_secret_file)
+            if exchange is not None
+            else None
+        ),
+        backend_auth_value=(
+            _secret(environ, auth.value_env, auth.value_file) if auth is not None else None
+        ),
+    )
+
+
+def _secret(
+    environ: Mapping[str, str], env: str, file: str, *, required: bool = True
+) -> str | None:
+    if file:
+        try:
+            value = Path(file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{file}: cannot read the secret file ({exc.strerror})") from None
+        if not value:
+            raise ConfigError(f"{file}: the secret file is empty")
+        return value
+    value = environ.get(env, "").strip()
+    if not value and required:
+        raise ConfigError(f"{env}: the environment variable must hold the secret")
+    return value or None
 
 
 def pod_namespace(environ: Mapping[str, str], sa_file: Path = SERVICE_ACCOUNT_NAMESPACE) -> str:

@@ -20,6 +20,7 @@ from proxyrunner.config.concerns import (
     ListenConfig,
     SessionsConfig,
 )
+from proxyrunner.config.oidc import IdentityConfig
 from proxyrunner.config.problems import Problems, show
 from proxyrunner.errors import ConfigError
 from proxyrunner.hosts import is_loopback
@@ -43,6 +44,7 @@ class RunConfig:
     sessions: SessionsConfig = field(default_factory=SessionsConfig)
     drain: DrainConfig = field(default_factory=DrainConfig)
     kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
+    identity: IdentityConfig = field(default_factory=IdentityConfig)
     schema_version: str = DEFAULT_SCHEMA_VERSION
     """RunConfig schema version (``schema_version``), kept as given."""
     mcpserver_generation: int = 0
@@ -90,6 +92,7 @@ CONCERNS: Final[Mapping[str, type[Any]]] = {
     "sessions": SessionsConfig,
     "drain": DrainConfig,
     "kubernetes": KubernetesConfig,
+    "identity": IdentityConfig,
 }
 """RunConfig's concerns by attribute name; RunConfig's own fields are the concern ""."""
 
@@ -135,4 +138,5 @@ def describe(config: RunConfig) -> dict[str, object]:
         "backend_replicas": config.backend.replicas,
         "session_store": "redis" if config.sessions.redis else "memory",
         "session_cache_size": config.sessions.cache_size,
+        "authentication": "oauth" if config.identity.authenticated else "none",
     }

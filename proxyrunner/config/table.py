@@ -22,13 +22,24 @@ from proxyrunner.config.fields import (
     STRING_MAP,
     STRINGS,
     JsonField,
+    Kind,
     omit_absent,
     read_fields,
     write_fields,
 )
+from proxyrunner.config.oidc import (
+    read_backend_auth,
+    read_oidc,
+    read_token_exchange,
+    write_dataclass,
+)
 from proxyrunner.config.problems import Problems, show
 from proxyrunner.config.run_config import RunConfig, assemble
 from proxyrunner.errors import ConfigError
+
+OIDC: Final = Kind(read_oidc, write_dataclass)
+TOKEN_EXCHANGE: Final = Kind(read_token_exchange, write_dataclass)
+BACKEND_AUTH: Final = Kind(read_backend_auth, write_dataclass)
 
 FIELDS: Final = (
     JsonField("name", STRING, "name"),
@@ -63,6 +74,9 @@ FIELDS: Final = (
     JsonField("namespace", STRING, "kubernetes.namespace"),
     JsonField("field_manager", STRING, "kubernetes.field_manager"),
     JsonField("statefulset_ready_timeout", DURATION, "kubernetes.statefulset_ready_timeout"),
+    JsonField("oidc_config", OIDC, "identity.oidc"),
+    JsonField("token_exchange_config", TOKEN_EXCHANGE, "identity.token_exchange"),
+    JsonField("backend_auth", BACKEND_AUTH, "identity.backend_auth"),
 )
 """Every field of the flat layout: JSON name, kind, target attribute, omit rule."""
 

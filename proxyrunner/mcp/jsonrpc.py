@@ -22,6 +22,8 @@ SESSION_NOT_FOUND: Final = -32001
 BACKEND_UNAVAILABLE: Final = -32002
 BACKEND_TIMEOUT: Final = -32003
 REQUEST_TOO_LARGE: Final = -32004
+UNAUTHORIZED: Final = -32011  # no valid access token (HTTP 401 with a Bearer challenge)
+INSUFFICIENT_SCOPE: Final = -32012  # a valid token without the scopes needed (HTTP 403)
 HEADER_MISMATCH: Final = -32020  # 2026-07-28: standard headers disagree with the body
 UNSUPPORTED_PROTOCOL_VERSION: Final = -32022
 

@@ -29,15 +29,16 @@ class ProxyError(ProxyRunnerError):
         self.request_id = request_id
         self.data = data
 
+    def headers(self) -> Mapping[str, str] | None:
+        """Headers the answer carries besides the body's."""
+        return {"Retry-After": self.retry_after} if self.retry_after is not None else None
+
     def response(self) -> web.Response:
-        headers: Mapping[str, str] | None = (
-            {"Retry-After": self.retry_after} if self.retry_after is not None else None
-        )
         return error_response(
             self.status,
             self.code,
             str(self),
-            headers=headers,
+            headers=self.headers(),
             request_id=self.request_id,
             data=self.data,
         )
@@ -86,6 +87,29 @@ class ForeignOrigin(RequestRefused):
 
 class MethodNotAllowed(RequestRefused):
     status = 405
+
+
+class Unauthenticated(ProxyError):
+    """No valid access token (RFC 6750): 401 with the Bearer challenge that points the
+    client at the protected-resource metadata (RFC 9728)."""
+
+    status = 401
+    code = jsonrpc.UNAUTHORIZED
+
+    def __init__(self, message: str, challenge: str) -> None:
+        super().__init__(message)
+        self.challenge = challenge
+
+    def headers(self) -> Mapping[str, str]:
+        return {"WWW-Authenticate": self.challenge}
+
+
+class InsufficientScope(Unauthenticated):
+    """A valid token without the scopes the request needs: 403, and the challenge names
+    them (RFC 6750 ``insufficient_scope``), so the client can ask for a better token."""
+
+    status = 403
+    code = jsonrpc.INSUFFICIENT_SCOPE
 
 
 class SessionNotFound(ProxyError):

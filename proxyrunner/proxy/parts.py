@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -10,6 +11,8 @@ from proxyrunner.backends.directory import BackendDirectory
 from proxyrunner.config import RunConfig
 from proxyrunner.metrics import Metrics
 from proxyrunner.proxy.forward import Forwarder
+from proxyrunner.proxy.pipeline import Stage
+from proxyrunner.proxy.protected_resource import ProtectedResource
 from proxyrunner.sessions.store import SessionStore
 from proxyrunner.traffic import Traffic
 
@@ -23,3 +26,17 @@ class ProxyParts:
     traffic: Traffic
     forwarder: Forwarder
     log: structlog.stdlib.BoundLogger
+    guard: Guard = field(default_factory=lambda: Guard())
+    """Identity, authorization and audit; empty on an unauthenticated endpoint."""
+
+
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """The identity side of the pipeline, built by ``guard.build_guard``."""
+
+    stages: Sequence[Stage] = ()
+    """Audit, authentication, authorization: in this order, after the header check."""
+    resource: ProtectedResource | None = None
+    """The ProtectedResource (RFC 9728 metadata) when oidc_config is set."""
+    health: Sequence[Callable[[], tuple[bool, str]]] = ()
+    """(usable, reason) of what the stages depend on (the IdP), for /readyz."""

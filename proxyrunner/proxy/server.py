@@ -43,6 +43,9 @@ def default_stages(parts: ProxyParts) -> list[Stage]:
         *([RebindingGuard(rule)] if rule.active else []),  # 421 / 403
         BodyLimits(config.listen.max_request_body),  # 413, 400; the body read once
         StandardHeaderCheck(parts.log),  # 2026-07-28: 400 / -32020
+        # With oidc_config / authz_config / audit_config: audit (records every outcome
+        # below), authentication (401 / 403 insufficient_scope), authorization (403).
+        *parts.guard.stages,
     ]
 
 
@@ -64,16 +67,22 @@ async def _ready(request: web.Request) -> web.Response:
     store_health = parts.store.health()
     if not store_health.usable:
         reasons.append(f"session store unusable: {store_health.reason}")
+    identity: list[str] = []
+    for check in parts.guard.health:
+        usable, reason = check()
+        # An IdP that is down degrades (cached keys keep working); only a proxy that can
+        # validate no token at all is unready.
+        (identity if usable else reasons).append(reason)
     if reasons:
         return _json(503, {"status": "not ready", "reasons": reasons})
-    return _json(
-        200,
-        {
-            "status": "ready",
-            "backends": parts.directory.describe(),
-            "session_store": store_health.reason,
-        },
-    )
+    doc: dict[str, object] = {
+        "status": "ready",
+        "backends": parts.directory.describe(),
+        "session_store": store_health.reason,
+    }
+    if identity:
+        doc["identity_provider"] = "; ".join(identity)
+    return _json(200, doc)
 
 
 async def _method_not_allowed(request: web.Request) -> web.Response:
@@ -127,6 +136,11 @@ def build_app(parts: ProxyParts, stages: Sequence[Stage] | None = None) -> web.A
             app.router.add_route(method, "/mcp", mcp)
         for method in ("PUT", "PATCH"):
             app.router.add_route(method, "/mcp", _method_not_allowed)
+    resource = parts.guard.resource
+    if resource is not None:
+        routes = ["/sse", "/messages"] if config.backend.served_protocol == "sse" else ["/mcp"]
+        for path in resource.paths(routes):
+            app.router.add_get(path, resource.handle)
     app.router.add_get("/health", _health)
     app.router.add_get("/readyz", _ready)
     app.router.add_get("/metrics", _metrics)
