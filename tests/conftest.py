@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from tests.identity_fixtures import start_idp  # noqa: F401 - a fixture
 from tests.procs import DemoBackend, Proxy, marked_processes
 from tests.redis_server import RedisServer
 

@@ -15,7 +15,7 @@ from joserfc.jwk import KeySet
 from mcp.client.auth.utils import build_oauth_authorization_server_metadata_discovery_urls
 from mcp.shared.auth import OAuthMetadata
 
-from tests.identity_fixtures import StartIdp, start_idp  # noqa: F401 - the fixture
+from tests.identity_fixtures import StartIdp
 from tests.identity_provider import Client, IdentityProvider, Resource, TokenRequestRefused
 
 pytestmark = pytest.mark.node
@@ -42,7 +42,7 @@ async def verified(idp: IdentityProvider, token: str, audience: str, alg: str = 
 
 
 async def test_a_client_credentials_jwt_verifies_against_the_served_jwks(
-    start_idp: StartIdp,  # noqa: F811
+    start_idp: StartIdp,
 ) -> None:
     idp = await start_idp(resources={MCP: Resource(scope=SCOPE)})
     token = await idp.token("proxy-client", resource=MCP, scope="mcp:tools")
@@ -57,7 +57,7 @@ async def test_a_client_credentials_jwt_verifies_against_the_served_jwks(
 
 
 async def test_an_opaque_token_introspects_active_with_the_same_claims(
-    start_idp: StartIdp,  # noqa: F811
+    start_idp: StartIdp,
 ) -> None:
     idp = await start_idp(resources={MCP: Resource(scope=SCOPE, format="opaque")})
     token = await idp.token("proxy-client", resource=MCP, scope=SCOPE)
@@ -76,7 +76,7 @@ async def test_an_opaque_token_introspects_active_with_the_same_claims(
     assert await idp.introspect("not-a-token-it-issued") == {"active": False}
 
 
-async def test_its_own_jwts_introspect_too(start_idp: StartIdp) -> None:  # noqa: F811
+async def test_its_own_jwts_introspect_too(start_idp: StartIdp) -> None:
     idp = await start_idp(resources={MCP: Resource(scope=SCOPE)})
     token = await idp.token("proxy-client", resource=MCP, scope="mcp:read")
     answer = await idp.introspect(token)
@@ -88,7 +88,7 @@ async def test_its_own_jwts_introspect_too(start_idp: StartIdp) -> None:  # noqa
 
 
 async def test_wrong_secrets_scopes_and_resources_are_refused(
-    start_idp: StartIdp,  # noqa: F811
+    start_idp: StartIdp,
 ) -> None:
     idp = await start_idp(
         clients=[Client("proxy-client", "right", scope="mcp:read")],
@@ -114,7 +114,7 @@ async def test_wrong_secrets_scopes_and_resources_are_refused(
 
 
 async def test_after_a_rotation_new_tokens_carry_the_new_kid(
-    start_idp: StartIdp,  # noqa: F811
+    start_idp: StartIdp,
 ) -> None:
     idp = await start_idp(resources={MCP: Resource(scope=SCOPE)})
     port, issuer = idp.port, idp.issuer
@@ -147,7 +147,7 @@ async def test_after_a_rotation_new_tokens_carry_the_new_kid(
     ],
 )
 async def test_resources_can_take_es256_and_eddsa_tokens(
-    start_idp: StartIdp,  # noqa: F811
+    start_idp: StartIdp,
     alg: Any,
 ) -> None:
     idp = await start_idp(resources={MCP: Resource(scope=SCOPE, alg=alg)})
@@ -163,7 +163,7 @@ async def test_resources_can_take_es256_and_eddsa_tokens(
 
 @pytest.mark.parametrize("subject_format", ["jwt", "opaque"])
 async def test_token_exchange_keeps_the_subject_for_the_new_audience(
-    start_idp: StartIdp,  # noqa: F811
+    start_idp: StartIdp,
     subject_format: Any,
 ) -> None:
     idp = await start_idp(
@@ -207,7 +207,7 @@ async def test_token_exchange_keeps_the_subject_for_the_new_audience(
 
 
 async def test_token_exchange_is_refused_when_not_offered(
-    start_idp: StartIdp,  # noqa: F811
+    start_idp: StartIdp,
 ) -> None:
     idp = await start_idp(resources={MCP: Resource(scope=SCOPE)})
     subject = await idp.token("proxy-client", resource=MCP)
@@ -217,7 +217,7 @@ async def test_token_exchange_is_refused_when_not_offered(
 
 
 async def test_the_mcp_sdk_discovery_path_serves_the_metadata(
-    start_idp: StartIdp,  # noqa: F811
+    start_idp: StartIdp,
 ) -> None:
     idp = await start_idp(resources={MCP: Resource(scope=SCOPE)}, token_exchange=True)
     urls = build_oauth_authorization_server_metadata_discovery_urls(idp.issuer, MCP)
@@ -239,7 +239,7 @@ async def test_the_mcp_sdk_discovery_path_serves_the_metadata(
 
 
 async def test_the_idp_can_go_down_and_come_back_on_the_same_port(
-    start_idp: StartIdp,  # noqa: F811
+    start_idp: StartIdp,
 ) -> None:
     idp = await start_idp(resources={MCP: Resource(scope=SCOPE)})
     kid = idp.current_kid()
