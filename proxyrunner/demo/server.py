@@ -13,7 +13,7 @@ import json
 import os
 import sys
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 
 _MAX_SLEEP = 60.0
 
@@ -42,6 +42,29 @@ def build_server(identity: str) -> MCPServer:
         seconds = max(0.0, min(float(seconds), _MAX_SLEEP))
         await asyncio.sleep(seconds)
         return f"slept {seconds:g}s"
+
+    @server.tool()
+    def headers(ctx: Context) -> str:
+        """The HTTP headers this server received with the call, as JSON: what the proxy
+        in front passed on (lowercase names)."""
+        request = ctx.request_context.request
+        received = getattr(request, "headers", None) or {}
+        return json.dumps({str(k).lower(): str(v) for k, v in received.items()})
+
+    @server.prompt()
+    def greeting(name: str = "world") -> str:
+        """A greeting for ``name``."""
+        return f"Say hello to {name}."
+
+    @server.resource("demo://readme", mime_type="text/plain")
+    def readme() -> str:
+        """What this server is."""
+        return "proxyrunner's demo MCP server"
+
+    @server.resource("demo://secret", mime_type="text/plain")
+    def secret() -> str:
+        """A resource that authorization policies usually keep to admins."""
+        return "only for admins"
 
     return server
 
