@@ -34,6 +34,7 @@ from proxyrunner.lifecycle import StopSignals, unless
 from proxyrunner.logging import get_logger
 from proxyrunner.metrics import Metrics
 from proxyrunner.proxy.forward import Forwarder
+from proxyrunner.proxy.guard import build_guard
 from proxyrunner.proxy.parts import ProxyParts
 from proxyrunner.proxy.server import build_app
 from proxyrunner.proxy.upstream import UpstreamPool
@@ -144,8 +145,16 @@ class ProxyProcess:
                 metrics=self.metrics,
                 log=self.log,
             )
+            guard, guard_closers = build_guard(config, self._secrets, self.metrics, self.log)
+            for name, closer in guard_closers:
+                closers.push(name, closer)
+            if not config.identity.authenticated:
+                self.log.warning(
+                    "the MCP endpoint is unauthenticated: anyone who can reach it can use "
+                    "the MCP server (set oidc_config to require OAuth access tokens)"
+                )
             parts = ProxyParts(
-                config, store, directory, self.metrics, self.traffic, forwarder, self.log
+                config, store, directory, self.metrics, self.traffic, forwarder, self.log, guard
             )
             app = build_app(parts)
             app.on_shutdown.append(self._finish_work)

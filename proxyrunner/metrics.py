@@ -213,6 +213,12 @@ class Metrics:
             "session_principal_mismatch, policy_denied).",
             "reason",
         )
+        self.idp_requests = counter(
+            "idp_requests",
+            "Requests to the identity provider, by kind (jwks, discovery, introspection, "
+            "token); a request with a warm token cache makes none.",
+            "kind",
+        )
         self.apply_total = counter(
             "statefulset_apply",
             "Backend StatefulSet applies, by result (applied, skipped, conflict, error).",

@@ -256,6 +256,10 @@ class IdentityConfig:
                 "token_exchange_config",
                 "needs oidc_config: the exchange trades the client's validated token",
             )
+        if self.token_exchange is not None:
+            # The exchange client is not in this release: refusing the field beats
+            # starting a proxy whose backend silently gets no credential.
+            p.add("token_exchange_config", "is not supported yet; use backend_auth")
         if self.token_exchange is not None and self.backend_auth is not None:
             p.add("backend_auth", "conflicts with token_exchange_config; choose one")
         p.raise_if_any()

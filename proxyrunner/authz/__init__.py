@@ -1,1 +1,0 @@
-"""Authorization: Cedar policies in ToolHive's format, evaluated per MCP operation."""
