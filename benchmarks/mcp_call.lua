@@ -6,6 +6,8 @@
 --                         from 2026-07-28 on, every request also carries the standard
 --                         headers Mcp-Method and Mcp-Name and the per-request _meta
 --                         envelope of that revision
+--   MCP_AUTHORIZATION     value of the Authorization header, e.g. `Bearer <jwt>`
+--                         (omitted when empty)
 --
 -- done() prints one line `MCPBENCH {json}` with requests, duration, latency
 -- percentiles (microseconds) and wrk's error counters, for the runner to parse.
@@ -43,6 +45,7 @@ function init(args)
 
   local session = os.getenv("MCP_SESSION_ID") or ""
   local version = os.getenv("MCP_PROTOCOL_VERSION") or "2025-06-18"
+  local authorization = os.getenv("MCP_AUTHORIZATION") or ""
 
   -- Everything but Content-Length and the body is the same for every request:
   -- build it once, so that the generator spends as little CPU as possible.
@@ -55,6 +58,9 @@ function init(args)
   }
   if session ~= "" then
     lines[#lines + 1] = "Mcp-Session-Id: " .. session
+  end
+  if authorization ~= "" then
+    lines[#lines + 1] = "Authorization: " .. authorization
   end
   -- Revisions are dates, so they compare as strings.
   if version >= "2026-07-28" then

@@ -7,6 +7,7 @@ has a core of its own and its cost shows up as lost throughput and added latency
     .venv/bin/python benchmarks/proxy_overhead.py
     .venv/bin/python benchmarks/proxy_overhead.py --duration 10 --store both
     .venv/bin/python benchmarks/proxy_overhead.py --revision 2026-07-28
+    .venv/bin/python benchmarks/proxy_overhead.py --targets proxyrunner --auth both
 
 See benchmarks/README.md for how to read the output.
 """
@@ -76,6 +77,13 @@ REQUIRED_TOOLS = {
     "taskset": "util-linux",
 }
 READY_TIMEOUT_S = 30.0
+AUTH_MODES = ("none", "jwt")
+JWT_KID = "bench-rs256"
+JWT_LIFETIME_S = 3600
+AS_METADATA_PATH = "/.well-known/oauth-authorization-server"
+OIDC_DISCOVERY_PATH = "/.well-known/openid-configuration"
+JWKS_PATH = "/jwks.json"
+JWT_RPS_TARGET = 0.85
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -282,10 +290,97 @@ def check_prerequisites(need_redis: bool) -> dict[str, str]:
     return found
 
 
+# --------------------------------------------------------------------------- tokens
+
+
+class TokenIssuer:
+    """A stand-in authorization server for ``--auth jwt``: an RS256 key made at start-up,
+    whose JWKS and RFC 8414 metadata nginx serves as static files next to the canned
+    backend, and which signs the access tokens wrk sends."""
+
+    def __init__(self) -> None:
+        try:
+            from joserfc import jwt
+            from joserfc.errors import JoseError
+            from joserfc.jwk import KeySet, RSAKey
+        except ImportError as err:
+            raise BenchError(
+                "--auth jwt needs joserfc; run the benchmark with the project's .venv/bin/python"
+            ) from err
+        self._jwt = jwt
+        self._key_set = KeySet
+        self._jose_error = JoseError
+        self.key = RSAKey.generate_key(
+            2048, parameters={"kid": JWT_KID, "use": "sig", "alg": "RS256"}
+        )
+        self.issuer = ""  # nginx's base URL, once its port is known
+
+    def jwks(self) -> dict[str, Any]:
+        return {"keys": [self.key.as_dict(private=False)]}
+
+    def metadata(self) -> dict[str, Any]:
+        """RFC 8414 authorization-server metadata (also served as OpenID discovery)."""
+        return {
+            "issuer": self.issuer,
+            "jwks_uri": self.issuer + JWKS_PATH,
+            "token_endpoint": self.issuer + "/token",
+            "response_types_supported": ["code"],
+            "grant_types_supported": ["client_credentials"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+            "subject_types_supported": ["public"],
+        }
+
+    def write_static(self, workdir: Path, base_url: str) -> dict[str, Path]:
+        """Write the JWKS and the metadata; return {URL path: file} for nginx."""
+        self.issuer = base_url
+        jwks_file = workdir / "jwks.json"
+        meta_file = workdir / "oauth-authorization-server.json"
+        jwks_file.write_text(json.dumps(self.jwks()))
+        meta_file.write_text(json.dumps(self.metadata()))
+        return {AS_METADATA_PATH: meta_file, OIDC_DISCOVERY_PATH: meta_file, JWKS_PATH: jwks_file}
+
+    def sign(self, audience: str) -> str:
+        now = int(time.time())
+        claims = {
+            "iss": self.issuer,
+            "aud": audience,
+            "sub": "bench-client",
+            "iat": now,
+            "exp": now + JWT_LIFETIME_S,
+        }
+        header = {"alg": "RS256", "typ": "JWT", "kid": JWT_KID}
+        token: str = self._jwt.encode(header, claims, self.key)
+        return token
+
+    def check_served(self) -> None:
+        """Fetch the metadata and JWKS from nginx, as a resource server would, and verify a
+        freshly signed token against the served keys (signature, iss, aud, exp)."""
+        meta_reply = http("GET", self.issuer + AS_METADATA_PATH)
+        if meta_reply.status != 200:
+            raise BenchError(f"nginx: {AS_METADATA_PATH} -> HTTP {meta_reply.status}")
+        meta = json.loads(meta_reply.body)
+        if meta.get("issuer") != self.issuer or not meta.get("jwks_uri"):
+            raise BenchError(f"nginx: bad {AS_METADATA_PATH}: {meta}")
+        jwks_reply = http("GET", meta["jwks_uri"])
+        if jwks_reply.status != 200:
+            raise BenchError(f"nginx: {meta['jwks_uri']} -> HTTP {jwks_reply.status}")
+        audience = "http://127.0.0.1:1/mcp"
+        keys = self._key_set.import_key_set(json.loads(jwks_reply.body))
+        try:
+            token = self._jwt.decode(self.sign(audience), keys, algorithms=["RS256"])
+            self._jwt.JWTClaimsRegistry(
+                iss={"essential": True, "value": self.issuer},
+                aud={"essential": True, "value": audience},
+                exp={"essential": True},
+            ).validate(token.claims)
+        except self._jose_error as err:
+            raise BenchError(f"token does not verify against the served JWKS: {err!r}") from err
+
+
 # --------------------------------------------------------------------------- services
 
 
-def nginx_config(workdir: Path, port: int) -> str:
+def nginx_config(workdir: Path, port: int, static: dict[str, Path] | None = None) -> str:
     user_line = ""
     if os.geteuid() == 0:
         # As root, nginx would switch its worker to "nobody": keep the current user instead.
@@ -293,6 +388,15 @@ def nginx_config(workdir: Path, port: int) -> str:
         group = grp.getgrgid(os.getegid()).gr_name
         user_line = f"user {user} {group};"
     body = CANNED_BODY.replace("'", "\\'")
+    static_locations = "".join(
+        f"""
+        location = {path} {{
+            limit_except GET {{ deny all; }}
+            default_type application/json;
+            alias {file};
+        }}"""
+        for path, file in (static or {}).items()
+    )
     return f"""
 {user_line}
 daemon off;
@@ -317,23 +421,29 @@ http {{
             default_type application/json;
             add_header Mcp-Session-Id {CANNED_SESSION_ID} always;
             return 200 '{body}';
-        }}
+        }}{static_locations}
         location / {{ return 404; }}
     }}
 }}
 """
 
 
-def start_nginx(procs: Processes, nginx: str, workdir: Path) -> tuple[Managed, str]:
+def start_nginx(
+    procs: Processes, nginx: str, workdir: Path, issuer: TokenIssuer | None = None
+) -> tuple[Managed, str]:
+    """The canned backend; with an issuer, nginx also serves its JWKS and metadata."""
     port = free_port()
+    static = issuer.write_static(workdir, f"http://127.0.0.1:{port}") if issuer else None
     conf = workdir / "nginx.conf"
-    conf.write_text(nginx_config(workdir, port))
+    conf.write_text(nginx_config(workdir, port, static))
     argv = [nginx, "-p", str(workdir), "-e", str(workdir / "nginx-error.log"), "-c", str(conf)]
     managed = procs.start("nginx", taskset(LOAD_CORE, argv))
     url = f"http://127.0.0.1:{port}/mcp"
     wait_until(
         "nginx", lambda: http("POST", url, CHECK_CALL_BODY, BASE_HEADERS).status == 200, managed, 10
     )
+    if issuer is not None:
+        issuer.check_served()
     return managed, url
 
 
@@ -363,6 +473,10 @@ def start_redis(procs: Processes, redis_server: str, workdir: Path) -> tuple[Man
 
     wait_until("redis-server", ping, managed, 10)
     return managed, port, password
+
+
+def proxyrunner_target(store: str, auth: str) -> str:
+    return f"proxyrunner[{store}]" if auth == "none" else f"proxyrunner[{store},{auth}]"
 
 
 def proxyrunner_command(explicit: str | None) -> list[str]:
@@ -416,12 +530,19 @@ class WrkResult:
 
 
 def run_wrk(
-    wrk: str, url: str, connections: int, duration_s: int, session_id: str, revision: str
+    wrk: str,
+    url: str,
+    connections: int,
+    duration_s: int,
+    session_id: str,
+    revision: str,
+    authorization: str = "",
 ) -> tuple[WrkResult, float]:
     """Run wrk pinned to the load core; return its result and the wall time it took."""
     env = dict(os.environ)
     env["MCP_SESSION_ID"] = session_id
     env["MCP_PROTOCOL_VERSION"] = revision
+    env["MCP_AUTHORIZATION"] = authorization
     argv = taskset(
         LOAD_CORE,
         [
@@ -492,12 +613,13 @@ def measure(
     warmup_s: int,
     proxy: Managed | None,
     backend: Managed,
+    authorization: str = "",
 ) -> Row:
     if warmup_s > 0:
-        run_wrk(wrk, url, connections, warmup_s, session_id, revision)
+        run_wrk(wrk, url, connections, warmup_s, session_id, revision, authorization)
     proxy_before = proc_group_cpu_ticks(proxy.pid) if proxy else 0
     backend_before = proc_group_cpu_ticks(backend.pid)
-    result, wall = run_wrk(wrk, url, connections, duration_s, session_id, revision)
+    result, wall = run_wrk(wrk, url, connections, duration_s, session_id, revision, authorization)
     proxy_ticks = proc_group_cpu_ticks(proxy.pid) - proxy_before if proxy else 0
     backend_ticks = proc_group_cpu_ticks(backend.pid) - backend_before
 
@@ -522,9 +644,13 @@ def measure(
     )
 
 
-def open_session(url: str, target: str) -> str:
+def auth_headers(authorization: str) -> dict[str, str]:
+    return {"Authorization": authorization} if authorization else {}
+
+
+def open_session(url: str, target: str, authorization: str = "") -> str:
     """initialize through the target; return the Mcp-Session-Id it hands out."""
-    reply = http("POST", url, INITIALIZE_BODY, BASE_HEADERS)
+    reply = http("POST", url, INITIALIZE_BODY, BASE_HEADERS | auth_headers(authorization))
     if reply.status != 200:
         raise BenchError(f"{target}: initialize -> HTTP {reply.status}: {reply.body[:300]!r}")
     session_id = reply.headers.get("mcp-session-id", "")
@@ -532,6 +658,7 @@ def open_session(url: str, target: str) -> str:
         raise BenchError(f"{target}: initialize response has no Mcp-Session-Id header")
     headers = {
         **BASE_HEADERS,
+        **auth_headers(authorization),
         "Mcp-Session-Id": session_id,
         "MCP-Protocol-Version": PROTOCOL_VERSION,
     }
@@ -544,7 +671,7 @@ def open_session(url: str, target: str) -> str:
     return session_id
 
 
-def check_stateless(url: str, target: str) -> str:
+def check_stateless(url: str, target: str, authorization: str = "") -> str:
     """2026-07-28 has no sessions: check that one call with the revision's headers and
     envelope gets a result; the load then runs without a session id."""
     body = json.dumps(
@@ -565,6 +692,7 @@ def check_stateless(url: str, target: str) -> str:
     )
     headers = {
         **BASE_HEADERS,
+        **auth_headers(authorization),
         "MCP-Protocol-Version": MODERN_REVISION,
         "Mcp-Method": "tools/call",
         "Mcp-Name": "echo",
@@ -583,16 +711,17 @@ def fmt(value: float | None, spec: str) -> str:
 
 
 def print_table(rows: list[Row]) -> None:
+    width = max([22, *(len(r.target) for r in rows)])
     header = (
-        f"{'target':<22} {'conns':>5} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'target':<{width}} {'conns':>5} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
         f"{'errors':>6} {'proxy CPU us/req':>16} {'proxy CPU %':>11} {'backend us/req':>14}"
     )
     print(header)
     print("-" * len(header))
     for r in rows:
         print(
-            f"{r.target:<22} {r.connections:>5} {r.rps:>10.0f} {r.p50_ms:>8.3f} {r.p99_ms:>8.3f} "
-            f"{r.errors:>6} {fmt(r.proxy_cpu_us_per_req, '.1f'):>16} "
+            f"{r.target:<{width}} {r.connections:>5} {r.rps:>10.0f} {r.p50_ms:>8.3f} "
+            f"{r.p99_ms:>8.3f} {r.errors:>6} {fmt(r.proxy_cpu_us_per_req, '.1f'):>16} "
             f"{fmt(r.proxy_cpu_percent, '.0f'):>11} {fmt(r.backend_cpu_us_per_req, '.1f'):>14}"
         )
 
@@ -621,10 +750,20 @@ def compute_ratios(rows: list[Row], connections: list[int]) -> dict[str, float]:
         red = by_key.get(("proxyrunner[redis]", conns))
         if mem is not None and red is not None and mem.rps:
             ratios[f"redis/memory rps@{conns}"] = red.rps / mem.rps
+    for store in ("memory", "redis"):
+        none_lo = by_key.get((proxyrunner_target(store, "none"), low))
+        jwt_lo = by_key.get((proxyrunner_target(store, "jwt"), low))
+        for conns in (low, high):
+            none = by_key.get((proxyrunner_target(store, "none"), conns))
+            jwt = by_key.get((proxyrunner_target(store, "jwt"), conns))
+            if none is not None and jwt is not None and none.rps:
+                ratios[f"jwt/none[{store}] rps@{conns}"] = jwt.rps / none.rps
+        if none_lo is not None and jwt_lo is not None:
+            ratios[f"jwt-none[{store}] p50 added ms@{low}"] = jwt_lo.p50_ms - none_lo.p50_ms
     return ratios
 
 
-def print_ratios(ratios: dict[str, float]) -> None:
+def print_ratios(ratios: dict[str, float], high: int = 32) -> None:
     if not ratios:
         return
     print()
@@ -636,6 +775,10 @@ def print_ratios(ratios: dict[str, float]) -> None:
             note = ""
             if key.startswith("redis/memory"):
                 note = "  (target >= 0.90)" + ("" if value >= 0.90 else "  BELOW TARGET")
+            elif key.startswith("jwt/none") and key.endswith(f"@{high}"):
+                note = f"  (target >= {JWT_RPS_TARGET:.2f})" + (
+                    "" if value >= JWT_RPS_TARGET else "  BELOW TARGET"
+                )
             print(f"  {key:<{width}}  {value:.3f}{note}")
 
 
@@ -677,6 +820,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--connections", default="1,32", help="comma-separated, e.g. 1,32")
     parser.add_argument("--targets", default="direct,naive,proxyrunner")
     parser.add_argument("--store", choices=("memory", "redis", "both"), default="memory")
+    parser.add_argument(
+        "--auth",
+        choices=(*AUTH_MODES, "both"),
+        default="none",
+        help="proxyrunner without authentication (default), as an OAuth resource server "
+        "validating an RS256 JWT on every request (jwt), or both, one after the other",
+    )
     parser.add_argument("--proxyrunner", help="proxyrunner executable (default: the venv's)")
     parser.add_argument("--keep-tmp", action="store_true", help="keep configs and logs")
     parser.add_argument(
@@ -718,6 +868,7 @@ def uninterruptible() -> Iterator[None]:
 
 def run(args: argparse.Namespace) -> int:
     stores = ["memory", "redis"] if args.store == "both" else [args.store]
+    auths = list(AUTH_MODES) if args.auth == "both" else [args.auth]
     want_proxyrunner = "proxyrunner" in args.targets
     tools = check_prerequisites(need_redis=want_proxyrunner and "redis" in stores)
     # The runner itself only waits on wrk: keep it off the proxy's core.
@@ -729,7 +880,10 @@ def run(args: argparse.Namespace) -> int:
         f"proxy on core {PROXY_CORE}; wrk + nginx + redis on core {LOAD_CORE}; "
         f"{args.duration}s per run after {args.warmup}s warm-up; connections {args.connections}; "
         f"MCP {args.revision}"
+        + ("" if auths == ["none"] else f"; proxyrunner auth {'+'.join(auths)}")
     )
+    # Made before nginx starts: nginx serves its JWKS and metadata as static files.
+    issuer = TokenIssuer() if "jwt" in auths else None
 
     rows: list[Row] = []
     skipped: dict[str, str] = {}
@@ -738,15 +892,22 @@ def run(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="proxy-overhead-"))
     procs = Processes(workdir)
     try:
-        nginx, direct_url = start_nginx(procs, tools["nginx"], workdir)
+        nginx, direct_url = start_nginx(procs, tools["nginx"], workdir, issuer)
+        if issuer is not None:
+            print(
+                f"issuer {issuer.issuer}: RFC 8414 metadata and JWKS (RS256, kid {JWT_KID}) "
+                "served by nginx; a token signed here verifies against them"
+            )
 
-        def bench(target: str, url: str, proxy: Managed | None) -> None:
+        def bench(target: str, url: str, proxy: Managed | None, authorization: str = "") -> None:
+            # The first authenticated call fetches the keys: the load runs with them cached.
+            how = ", Bearer JWT" if authorization else ""
             if args.revision == MODERN_REVISION:
-                session_id = check_stateless(url, target)
-                print(f"\n[{target}] {MODERN_REVISION}, no session")
+                session_id = check_stateless(url, target, authorization)
+                print(f"\n[{target}] {MODERN_REVISION}, no session{how}")
             else:
-                session_id = open_session(url, target)
-                print(f"\n[{target}] session id {session_id!r}")
+                session_id = open_session(url, target, authorization)
+                print(f"\n[{target}] session id {session_id!r}{how}")
             if target.startswith("proxyrunner") and session_id == CANNED_SESSION_ID:
                 print(f"  warning: {target} passed the backend's session id through")
             for conns in args.connections:
@@ -761,6 +922,7 @@ def run(args: argparse.Namespace) -> int:
                     warmup_s=args.warmup,
                     proxy=proxy,
                     backend=nginx,
+                    authorization=authorization,
                 )
                 rows.append(row)
                 detail = f" errors={row.error_detail}" if row.errors else ""
@@ -800,13 +962,17 @@ def run(args: argparse.Namespace) -> int:
                 versions["proxyrunner"] = proxyrunner_available(cmd)
             except TargetSkipped as err:
                 for store in stores:
-                    skipped[f"proxyrunner[{store}]"] = str(err)
+                    for auth in auths:
+                        skipped[proxyrunner_target(store, auth)] = str(err)
                 print(f"\n[proxyrunner] SKIPPED: {err}")
                 cmd = []
             redis: tuple[Managed, int, str] | None = None
-            for store in stores if cmd else []:
-                target = f"proxyrunner[{store}]"
+            runs = [(store, auth) for store in stores for auth in auths]
+            for store, auth in runs if cmd else []:
+                target = proxyrunner_target(store, auth)
+                name = target.removeprefix("proxyrunner[").removesuffix("]").replace(",", "-")
                 port = free_port()
+                base = f"http://127.0.0.1:{port}"
                 config: dict[str, Any] = {
                     "name": "bench",
                     "transport": "streamable-http",
@@ -814,6 +980,11 @@ def run(args: argparse.Namespace) -> int:
                     "port": port,
                     "remote_url": direct_url,
                 }
+                authorization = ""
+                if auth == "jwt" and issuer is not None:
+                    # No jwks_url: the proxy discovers it from the issuer's RFC 8414 metadata.
+                    config["oidc_config"] = {"issuer": issuer.issuer, "resource_url": f"{base}/mcp"}
+                    authorization = "Bearer " + issuer.sign(f"{base}/mcp")
                 env = dict(os.environ)
                 env.pop("THV_SESSION_REDIS_PASSWORD", None)
                 if store == "redis":
@@ -825,11 +996,10 @@ def run(args: argparse.Namespace) -> int:
                         "key_prefix": "bench:",
                     }
                     env["THV_SESSION_REDIS_PASSWORD"] = redis[2]
-                config_path = workdir / f"proxyrunner-{store}.json"
+                config_path = workdir / f"proxyrunner-{name}.json"
                 config_path.write_text(json.dumps(config, indent=2))
                 argv = [*cmd, "run", "--config", str(config_path), "--log-level", "warning"]
-                runner = procs.start(f"proxyrunner-{store}", taskset(PROXY_CORE, argv), env=env)
-                base = f"http://127.0.0.1:{port}"
+                runner = procs.start(f"proxyrunner-{name}", taskset(PROXY_CORE, argv), env=env)
                 try:
                     wait_until(
                         target,
@@ -837,7 +1007,7 @@ def run(args: argparse.Namespace) -> int:
                         runner,
                         READY_TIMEOUT_S,
                     )
-                    bench(target, f"{base}/mcp", runner)
+                    bench(target, f"{base}/mcp", runner, authorization)
                 except BenchError as err:
                     failed[target] = str(err).splitlines()[0].removeprefix(f"{target}: ")
                     print(f"\n[{target}] FAILED: {err}")
@@ -854,7 +1024,7 @@ def run(args: argparse.Namespace) -> int:
     print()
     print_table(rows)
     ratios = compute_ratios(rows, args.connections)
-    print_ratios(ratios)
+    print_ratios(ratios, 32 if 32 in args.connections else max(args.connections))
     for target, why in skipped.items():
         print(f"  skipped {target}: {why}")
     for target, why in failed.items():
@@ -865,6 +1035,7 @@ def run(args: argparse.Namespace) -> int:
         "warmup_s": args.warmup,
         "connections": args.connections,
         "revision": args.revision,
+        "auth": args.auth,
         "environment": env_info | versions,
         "results": [asdict(r) for r in rows],
         "ratios": ratios,
