@@ -26,6 +26,9 @@ UNAUTHORIZED: Final = -32011  # no valid access token (HTTP 401 with a Bearer ch
 INSUFFICIENT_SCOPE: Final = -32012  # a valid token without the scopes needed (HTTP 403)
 HEADER_MISMATCH: Final = -32020  # 2026-07-28: standard headers disagree with the body
 UNSUPPORTED_PROTOCOL_VERSION: Final = -32022
+# ToolHive answers an authorization denial HTTP 403 with JSON-RPC code 403 (not a
+# -32xxx code): clients written against ToolHive look for it.
+POLICY_DENIED: Final = 403
 
 # Method names become metric labels; anything else is "other" so a client cannot blow up
 # the label set.

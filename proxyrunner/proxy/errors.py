@@ -112,6 +112,16 @@ class InsufficientScope(Unauthenticated):
     code = jsonrpc.INSUFFICIENT_SCOPE
 
 
+class PolicyDenied(RequestRefused):
+    """The authorization policy refused the request (HTTP 403, JSON-RPC code 403, as
+    ToolHive answers). The message names what was refused ("tools/call of 'add' denied
+    by policy"), never the policy or a claim; it carries the request's id. Retrying the
+    same request cannot help: only a policy change or another principal can."""
+
+    status = 403
+    code = jsonrpc.POLICY_DENIED
+
+
 class SessionNotFound(ProxyError):
     status = 404
     code = jsonrpc.SESSION_NOT_FOUND
