@@ -9,17 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from proxyrunner.config.authz import AuthzConfig, read_authz_config
-from proxyrunner.config.files import decode_document
+from proxyrunner.config.files import decode_document, read_config_text
 from proxyrunner.errors import ConfigError
 
 
 def load_authz_file(path: Path) -> AuthzConfig:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: no such file") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read it ({exc.__class__.__name__})") from exc
+    text = read_config_text(path)
     try:
         return read_authz_config(decode_document(text), "authz_config")
     except ConfigError as exc:

@@ -49,14 +49,18 @@ def decode_document(text: str) -> object:
         raise ConfigError(f"not valid JSON or YAML{where}") from exc
 
 
-def load_config_file(path: Path) -> LoadedConfig:
+def read_config_text(path: Path) -> str:
+    """A config file's text; ConfigError naming the file when it cannot be read."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: no such file") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read it ({exc.__class__.__name__})") from exc
-    return load_config_text(text, str(path))
+
+
+def load_config_file(path: Path) -> LoadedConfig:
+    return load_config_text(read_config_text(path), str(path))
 
 
 def load_config_text(text: str, source: str) -> LoadedConfig:
