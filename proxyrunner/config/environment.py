@@ -22,6 +22,9 @@ from proxyrunner.errors import ConfigError
 
 GENERATION_ENV: Final = "THV_MCPSERVER_GENERATION"
 REDIS_PASSWORD_ENV: Final = "THV_SESSION_REDIS_PASSWORD"  # noqa: S105 - a variable name
+# ToolHive's names for the same secrets, so its Deployments carry over.
+_TOOLHIVE_OIDC_SECRET_ENV: Final = "TOOLHIVE_OIDC_CLIENT_SECRET"  # noqa: S105
+_TOOLHIVE_EXCHANGE_SECRET_ENV: Final = "TOOLHIVE_TOKEN_EXCHANGE_CLIENT_SECRET"  # noqa: S105
 POD_NAMESPACE_ENV: Final = "POD_NAMESPACE"
 POD_ADDRESS_MAP_ENV: Final = "PROXYRUNNER_POD_ADDRESS_MAP"
 SERVICE_ACCOUNT_NAMESPACE: Final = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -67,24 +70,34 @@ def secrets_from_env(environ: Mapping[str, str], config: RunConfig | None = None
     return Secrets(
         redis_password=environ.get(REDIS_PASSWORD_ENV) or None,
         oidc_client_secret=(
-            _secret(environ, OIDC_CLIENT_SECRET_ENV, oidc.client_secret_file, required=False)
+            _secret(
+                environ,
+                (OIDC_CLIENT_SECRET_ENV, _TOOLHIVE_OIDC_SECRET_ENV),
+                oidc.client_secret_file,
+                required=False,
+            )
             if oidc is not None
             else None
         ),
         token_exchange_client_secret=(
-            _secret(environ, TOKEN_EXCHANGE_CLIENT_SECRET_ENV, exchange.client_secret_file)
+            _secret(
+                environ,
+                (TOKEN_EXCHANGE_CLIENT_SECRET_ENV, _TOOLHIVE_EXCHANGE_SECRET_ENV),
+                exchange.client_secret_file,
+            )
             if exchange is not None
             else None
         ),
         backend_auth_value=(
-            _secret(environ, auth.value_env, auth.value_file) if auth is not None else None
+            _secret(environ, (auth.value_env,), auth.value_file) if auth is not None else None
         ),
     )
 
 
 def _secret(
-    environ: Mapping[str, str], env: str, file: str, *, required: bool = True
+    environ: Mapping[str, str], names: tuple[str, ...], file: str, *, required: bool = True
 ) -> str | None:
+    """The secret from ``file``, else from the first of ``names`` that is set."""
     if file:
         try:
             value = Path(file).read_text().strip()
@@ -93,9 +106,9 @@ def _secret(
         if not value:
             raise ConfigError(f"{file}: the secret file is empty")
         return value
-    value = environ.get(env, "").strip()
+    value = next((v for v in (environ.get(n, "").strip() for n in names) if v), "")
     if not value and required:
-        raise ConfigError(f"{env}: the environment variable must hold the secret")
+        raise ConfigError(f"{names[0]}: the environment variable must hold the secret")
     return value or None
 
 

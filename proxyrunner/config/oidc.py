@@ -13,9 +13,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from proxyrunner.config.problems import Problems, show
 from proxyrunner.errors import ConfigError
+from proxyrunner.hosts import is_loopback
 
 OIDC_CLIENT_SECRET_ENV: Final = "THV_OIDC_CLIENT_SECRET"  # noqa: S105 - a variable name
 TOKEN_EXCHANGE_CLIENT_SECRET_ENV: Final = "THV_TOKEN_EXCHANGE_CLIENT_SECRET"  # noqa: S105
@@ -55,6 +57,9 @@ class OIDCConfig:
     allow_private_ip: bool = False
     """ToolHive's ``AllowPrivateIP``; accepted for compatibility. The proxy reaches the
     IdP wherever its URL points (in a cluster that is usually a private address)."""
+    insecure_allow_http: bool = False
+    """ToolHive's ``InsecureAllowHTTP``: allow ``http://`` IdP URLs on hosts other than
+    loopback. Off, such a URL is a config error: keys and tokens would travel in clear."""
 
     def __post_init__(self) -> None:
         p = Problems()
@@ -71,14 +76,36 @@ class OIDCConfig:
             )
         else:
             p.url(f"{path}.resource_url", self.resource_url)
-        for name in ("jwks_url", "introspection_url"):
-            if value := getattr(self, name):
+        for name in ("issuer", "jwks_url", "introspection_url"):
+            value = getattr(self, name)
+            if not value:
+                continue
+            if name != "issuer":
                 p.url(f"{path}.{name}", value)
+            if not self.insecure_allow_http and _clear_text_off_host(value):
+                p.add(
+                    f"{path}.{name}",
+                    f"{show(value)} is plain http to another host; use https, "
+                    "or set insecure_allow_http",
+                )
         p.raise_if_any()
 
     @property
     def expected_audience(self) -> str:
         return self.audience or self.resource_url
+
+
+def _clear_text_off_host(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme == "http" and not is_loopback(parts.hostname or "")
+
+
+# ToolHive's short names for the subject token type, as its exchange normalises them.
+_TOKEN_TYPES: Final = {
+    "access_token": TOKEN_TYPE_ACCESS,
+    "id_token": "urn:ietf:params:oauth:token-type:id_token",
+    "jwt": "urn:ietf:params:oauth:token-type:jwt",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,12 +120,22 @@ class TokenExchangeConfig:
     subject_token_type: str = TOKEN_TYPE_ACCESS
     client_secret_file: str = ""
     header_name: str = "Authorization"
-    """``Authorization`` gets ``Bearer <token>``; any other header gets the bare token
-    (ToolHive's ``external_token_header_name`` with the custom strategy)."""
+    """The header that carries ``Bearer <token>`` to the backend (ToolHive's
+    ``external_token_header_name`` with ``header_strategy: custom``)."""
 
     def __post_init__(self) -> None:
         p = Problems()
         path = "token_exchange_config"
+        full = _TOKEN_TYPES.get(self.subject_token_type, self.subject_token_type)
+        object.__setattr__(self, "subject_token_type", full or TOKEN_TYPE_ACCESS)
+        if self.subject_token_type not in _TOKEN_TYPES.values():
+            p.add(
+                f"{path}.subject_token_type",
+                f"must be one of {', '.join(sorted(_TOKEN_TYPES))} (or their URNs), "
+                f"got {show(self.subject_token_type)}",
+            )
+        if not self.header_name or any(c in self.header_name for c in ":\r\n "):
+            p.add(f"{path}.header_name", f"must be a header name, got {show(self.header_name)}")
         if not self.token_url:
             p.add(f"{path}.token_url", "is required")
         else:
@@ -148,6 +185,8 @@ _OIDC_NAMES: Final = {
     "ca_cert_path": "ca_cert_path",
     "allowprivateip": "allow_private_ip",
     "allow_private_ip": "allow_private_ip",
+    "insecureallowhttp": "insecure_allow_http",
+    "insecure_allow_http": "insecure_allow_http",
 }
 _EXCHANGE_NAMES: Final = {
     "token_url": "token_url",
@@ -168,8 +207,9 @@ _BACKEND_AUTH_NAMES: Final = {
     "value_env": "value_env",
     "value_file": "value_file",
 }
+_STRATEGY_KEYS: Final = frozenset({"header_strategy", "headerstrategy"})
 _LISTS: Final = frozenset({"scopes", "required_scopes"})
-_BOOLS: Final = frozenset({"allow_private_ip"})
+_BOOLS: Final = frozenset({"allow_private_ip", "insecure_allow_http"})
 # ToolHive fields the proxy reads differently: refused by name, with what to do instead.
 _REFUSED: Final = {
     "clientsecret": "a client secret never goes in the RunConfig; set {env} or client_secret_file",
@@ -189,8 +229,10 @@ def _read_object(
     for key, item in value.items():
         lowered = str(key).lower()
         if lowered in _REFUSED:
-            # Never echo the value: it may be the secret itself.
-            p.add(f"{path}.{key}", _REFUSED[lowered].format(env=secret_env))
+            # Go's encoder writes every field, so ToolHive's own output carries these
+            # empty: only a value is refused, and never echoed (it may be the secret).
+            if item not in (None, ""):
+                p.add(f"{path}.{key}", _REFUSED[lowered].format(env=secret_env))
             continue
         attribute = names.get(lowered)
         if attribute is None:
@@ -221,7 +263,21 @@ def read_oidc(value: object, path: str) -> OIDCConfig:
 
 
 def read_token_exchange(value: object, path: str) -> TokenExchangeConfig:
+    strategy: object = None
+    if isinstance(value, Mapping):
+        strategy = next((v for k, v in value.items() if str(k).lower() in _STRATEGY_KEYS), None)
+        value = {k: v for k, v in value.items() if str(k).lower() not in _STRATEGY_KEYS}
     fields = _read_object(value, path, _EXCHANGE_NAMES, TOKEN_EXCHANGE_CLIENT_SECRET_ENV)
+    # ToolHive's header_strategy: "replace" (its default) puts the token in Authorization,
+    # "custom" in external_token_header_name. Without one, a header name means custom.
+    if strategy == "custom" and not fields.get("header_name"):
+        raise ConfigError(f"{path}.external_token_header_name: header_strategy custom needs it")
+    if strategy == "replace":
+        fields.pop("header_name", None)
+    elif strategy not in (None, "", "custom"):
+        raise ConfigError(
+            f"{path}.header_strategy: must be replace or custom, got {show(strategy)}"
+        )
     return TokenExchangeConfig(**{"token_url": "", "client_id": "", "audience": "", **fields})
 
 
@@ -256,10 +312,6 @@ class IdentityConfig:
                 "token_exchange_config",
                 "needs oidc_config: the exchange trades the client's validated token",
             )
-        if self.token_exchange is not None:
-            # The exchange client is not in this release: refusing the field beats
-            # starting a proxy whose backend silently gets no credential.
-            p.add("token_exchange_config", "is not supported yet; use backend_auth")
         if self.token_exchange is not None and self.backend_auth is not None:
             p.add("backend_auth", "conflicts with token_exchange_config; choose one")
         p.raise_if_any()

@@ -11,6 +11,7 @@ refused (fail closed) and nothing about the failure is cached.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import time
 from collections.abc import Callable
@@ -39,10 +40,14 @@ MAX_ANSWER_BYTES: Final = 64 * 1024
 Outcome = Principal | InvalidToken
 
 
-def client_auth(client_id: str, client_secret: str) -> aiohttp.BasicAuth:
-    """client_secret_basic: RFC 6749 section 2.3.1 form-encodes both parts first, so a
-    secret with ':' or non-ASCII characters survives."""
-    return aiohttp.BasicAuth(quote(client_id, safe=""), quote(client_secret, safe=""))
+def client_auth(client_id: str, client_secret: str) -> dict[str, str]:
+    """The request headers of client_secret_basic: RFC 6749 section 2.3.1 form-encodes
+    both parts first, so a secret with ':' or non-ASCII characters survives."""
+    pair = f"{quote(client_id, safe='')}:{quote(client_secret, safe='')}"
+    return {
+        "Authorization": "Basic " + base64.b64encode(pair.encode("ascii")).decode("ascii"),
+        "Accept": "application/json",
+    }
 
 
 class Introspector:
@@ -64,7 +69,7 @@ class Introspector:
     ) -> None:
         self._http = http
         self._endpoint = endpoint
-        self._auth = client_auth(client_id, client_secret)
+        self._headers = client_auth(client_id, client_secret)
         self._issuer = issuer
         self._audience = audience
         self._cache_ttl = cache_ttl
@@ -121,7 +126,7 @@ class Introspector:
         form = {"token": token, "token_type_hint": "access_token"}
         try:
             async with self._http.post(
-                self._endpoint, data=form, auth=self._auth, headers={"Accept": "application/json"}
+                self._endpoint, data=form, headers=self._headers
             ) as response:
                 if response.status != 200:
                     raise _Unusable(f"HTTP {response.status}")

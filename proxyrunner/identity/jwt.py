@@ -27,7 +27,17 @@ from proxyrunner.identity.errors import InvalidToken
 from proxyrunner.identity.keys import KeySet, key_fits
 from proxyrunner.principal import Principal
 
-DEFAULT_ALGORITHMS: Final = ("RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA")
+# Ed25519: RFC 9864's fully specified name for EdDSA over Ed25519, what newer issuers send.
+DEFAULT_ALGORITHMS: Final = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "ES256",
+    "ES384",
+    "EdDSA",
+    "Ed25519",
+)
 
 
 def _never_accepted(alg: str) -> bool:
@@ -88,9 +98,7 @@ class JwtValidator:
             raise InvalidToken("invalid_token", "the token header has an invalid kid")
         key = await self.keys.key(kid, alg)
         if key is None:
-            raise InvalidToken(
-                "unknown_key", "the token is signed with a key the issuer does not publish"
-            )
+            raise InvalidToken("unknown_key", "the token's signing key is not the issuer's")
         if not key_fits(key, alg):
             raise InvalidToken("unsupported_alg", "the token's algorithm does not match its key")
         try:

@@ -35,8 +35,8 @@ class ExchangedCredential:
     def __init__(self, exchanger: Exchanger, header: str = "Authorization") -> None:
         self._exchanger = exchanger
         self._header = header
-        self._bearer = header.lower() == "authorization"
 
     async def headers(self, principal: Principal, token: str) -> Sequence[tuple[str, str]]:
+        # "Bearer" in a custom header too, as ToolHive sends it.
         exchanged = await self._exchanger.token_for(principal, token)
-        return ((self._header, f"Bearer {exchanged}" if self._bearer else exchanged),)
+        return ((self._header, f"Bearer {exchanged}"),)

@@ -21,10 +21,12 @@ from proxyrunner.config.oidc import OIDCConfig
 from proxyrunner.errors import StartupError
 from proxyrunner.identity.discovery import discover
 from proxyrunner.identity.errors import InvalidToken, TokenExchangeFailed
+from proxyrunner.identity.exchange import TokenExchanger
 from proxyrunner.identity.introspection import Introspector
 from proxyrunner.identity.jwt import JwtValidator
 from proxyrunner.identity.keys import KeySet
-from proxyrunner.identity.outbound import StaticCredential
+from proxyrunner.identity.outbound import ExchangedCredential, StaticCredential
+from proxyrunner.identity.validator import TokenValidator
 from proxyrunner.metrics import Metrics
 from proxyrunner.principal import Principal
 from proxyrunner.proxy.parts import Guard
@@ -132,23 +134,6 @@ class _Introspection:
             await self._introspector.close()
 
 
-class _Validator:
-    """JWT access tokens against the issuer's keys; anything else by introspection."""
-
-    def __init__(self, jwt: JwtValidator, introspection: _Introspection | None) -> None:
-        self._jwt = jwt.validate
-        self._introspection = introspection
-
-    def validate(self, token: str) -> Awaitable[Principal]:
-        if token.count(".") == 2:
-            return self._jwt(token)
-        if self._introspection is None:
-            raise InvalidToken(
-                "invalid_token", "not a JWT, and this resource introspects no tokens"
-            )
-        return self._introspection.validate(token)
-
-
 def build_guard(
     config: RunConfig, secrets: Secrets, metrics: Metrics, log: structlog.stdlib.BoundLogger
 ) -> tuple[Guard, list[Closer]]:
@@ -166,22 +151,26 @@ def build_guard(
         keys = KeySet(
             http, oidc.jwks_url or None, issuer=oidc.issuer, log=log.bind(component="jwks")
         )
-        keys.start()
-        closers.append(("signing keys", keys.close))
         introspection = None
         if oidc.client_id and secrets.oidc_client_secret:
             introspection = _Introspection(http, oidc, secrets.oidc_client_secret, log)
-            closers.append(("introspection", introspection.close))
+        validator = TokenValidator(
+            JwtValidator(keys, oidc.issuer, oidc.expected_audience), introspection
+        )
+        validator.start()
+        closers.append(("token validation", validator.close))
         health.append(_combined(keys.health, introspection))
         resource = ProtectedResource(oidc)
+        outbound, outbound_closers = _outbound(config, secrets, http)
+        closers.extend(outbound_closers)
         stages.append(
             Authentication(
-                _Validator(JwtValidator(keys, oidc.issuer, oidc.expected_audience), introspection),
+                validator,
                 InvalidToken,
                 resource,
                 metrics,
                 required_scopes=oidc.required_scopes,
-                outbound=_outbound(config, secrets),
+                outbound=outbound,
                 outbound_failure=TokenExchangeFailed,
             )
         )
@@ -203,9 +192,25 @@ def _combined(
     return check
 
 
-def _outbound(config: RunConfig, secrets: Secrets) -> Outbound | None:
+def _outbound(
+    config: RunConfig, secrets: Secrets, http: aiohttp.ClientSession
+) -> tuple[Outbound | None, list[Closer]]:
     identity = config.identity
     if identity.backend_auth is not None:
         assert secrets.backend_auth_value is not None, "read at startup"
-        return StaticCredential(identity.backend_auth.header, secrets.backend_auth_value)
-    return None
+        return StaticCredential(identity.backend_auth.header, secrets.backend_auth_value), []
+    exchange = identity.token_exchange
+    if exchange is not None:
+        assert secrets.token_exchange_client_secret is not None, "read at startup"
+        exchanger = TokenExchanger(
+            http,
+            exchange.token_url,
+            exchange.client_id,
+            secrets.token_exchange_client_secret,
+            exchange.audience,
+            exchange.scopes,
+            exchange.subject_token_type,
+        )
+        credential = ExchangedCredential(exchanger, exchange.header_name)
+        return credential, [("token exchange", exchanger.close)]
+    return None, []
