@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -54,3 +55,50 @@ def render(
 
 def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [d for d in docs if d["kind"] == kind]
+
+
+def only(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    """The one manifest of that kind (and name)."""
+    (doc,) = [d for d in by_kind(docs, kind) if name is None or d["metadata"]["name"] == name]
+    return doc
+
+
+def runconfig_of(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    configmap = only(docs, "ConfigMap", "release-proxyrunner-runconfig")
+    return dict(json.loads(configmap["data"]["runconfig.json"]))
+
+
+def proxy_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (container,) = only(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    return dict(container)
+
+
+def secret_env(docs: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
+    """Each variable the Deployment fills from a Secret: (Secret name, key)."""
+    out: dict[str, tuple[str, str]] = {}
+    for env in proxy_container(docs)["env"]:
+        ref = env.get("valueFrom", {}).get("secretKeyRef")
+        if ref is not None:
+            out[env["name"]] = (ref["name"], ref["key"])
+    return out
+
+
+def mounted_source(docs: list[dict[str, Any]], path: str) -> tuple[str, str, str]:
+    """What the proxy container reads at ``path``: (configMap | secret, name, key),
+    resolved through its volumeMounts and the pod's volumes as the kubelet would."""
+    pod = only(docs, "Deployment")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for mount in proxy_container(docs)["volumeMounts"]:
+        directory = mount["mountPath"].rstrip("/") + "/"
+        if not path.startswith(directory):
+            continue
+        assert mount.get("readOnly") is True, mount
+        volume = volumes[mount["name"]]
+        for kind, name_field in (("configMap", "name"), ("secret", "secretName")):
+            if kind in volume:
+                source = volume[kind]
+                relative = path[len(directory) :]
+                items = {i["path"]: i["key"] for i in source.get("items", [])}
+                key = items[relative] if items else relative
+                return kind, source[name_field], key
+    raise AssertionError(f"{path} is on no ConfigMap or Secret volume of the proxy")

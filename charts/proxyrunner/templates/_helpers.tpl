@@ -44,13 +44,86 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- else -}}{{ $d | float64 }}{{- end -}}
 {{- end }}
 
-{{/* The RunConfig as the proxy reads it: values.runConfig plus the Redis fields. */}}
+{{/* Where the chart mounts identity files in the proxy container. */}}
+{{- define "proxyrunner.authzDir" -}}/etc/proxyrunner/authz{{- end }}
+{{- define "proxyrunner.oidcCaDir" -}}/etc/proxyrunner/oidc-ca{{- end }}
+{{- define "proxyrunner.oidcSecretDir" -}}/etc/proxyrunner/secrets/oidc-client{{- end }}
+{{- define "proxyrunner.exchangeSecretDir" -}}/etc/proxyrunner/secrets/token-exchange{{- end }}
+{{- define "proxyrunner.backendAuthDir" -}}/etc/proxyrunner/secrets/backend-auth{{- end }}
+{{/* The variable backend_auth.value_env names (filled from backendAuth.secret). */}}
+{{- define "proxyrunner.backendAuthEnv" -}}PROXYRUNNER_BACKEND_AUTH{{- end }}
+
+{{/* Copy the set values named in pairs (value name, RunConfig name) from src to dst. */}}
+{{- define "proxyrunner.copySet" -}}
+{{- $src := index . 0 -}}{{- $dst := index . 1 -}}
+{{- range $pair := index . 2 -}}
+{{- $v := index $src (index $pair 0) -}}
+{{- if $v -}}{{- $_ := set $dst (index $pair 1) $v -}}{{- end -}}
+{{- end -}}
+{{- end }}
+
+{{/* The ToolHive authz config the chart renders from authz.policies. */}}
+{{- define "proxyrunner.authzDocument" -}}
+{{- $a := .Values.authz -}}
+{{- $cedar := dict "policies" $a.policies "entities_json" ($a.entitiesJson | default "[]") -}}
+{{- include "proxyrunner.copySet" (list $a $cedar (list (list "groupClaimName" "group_claim_name") (list "roleClaimName" "role_claim_name") (list "groupEntityType" "group_entity_type") (list "multiValuedClaims" "multi_valued_claims"))) -}}
+{{- dict "version" "1.0" "type" "cedarv1" "cedar" $cedar | toPrettyJson -}}
+{{- end }}
+
+{{/* What the pod template's content depends on beyond the RunConfig: the Secret and
+ConfigMap references and the policies, so that changing them rolls the pods. */}}
+{{- define "proxyrunner.identityChecksum" -}}
+{{- $refs := dict "oidc" (pick .Values.oidc "clientSecret" "caCert") "backendAuth" .Values.backendAuth "tokenExchange" (pick .Values.tokenExchange "clientSecret") "authz" (pick .Values.authz "existingConfigMap" "key") -}}
+{{- if and .Values.authz.enabled (not .Values.authz.existingConfigMap) -}}
+{{- $_ := set $refs "policies" (include "proxyrunner.authzDocument" .) -}}
+{{- end -}}
+{{- $refs | toJson | sha256sum -}}
+{{- end }}
+
+{{/* The RunConfig as the proxy reads it: values.runConfig plus the Redis and identity
+fields. */}}
 {{- define "proxyrunner.runConfig" -}}
 {{- $rc := deepCopy .Values.runConfig -}}
 {{- $_ := set $rc "host" "0.0.0.0" -}}
 {{- if .Values.redis.enabled -}}
 {{- $_ := set $rc "session_redis" (dict "address" .Values.redis.address "db" (int .Values.redis.db) "key_prefix" .Values.redis.keyPrefix) -}}
 {{- end -}}
+{{- with .Values.oidc -}}{{- if .enabled -}}
+{{- $oc := dict "issuer" .issuer "resource_url" .resourceUrl -}}
+{{- include "proxyrunner.copySet" (list . $oc (list (list "audience" "audience") (list "jwksUrl" "jwks_url") (list "introspectionUrl" "introspection_url") (list "clientId" "client_id") (list "scopes" "scopes") (list "requiredScopes" "required_scopes") (list "allowPrivateIp" "allow_private_ip"))) -}}
+{{- if and .clientSecret.existingSecret .clientSecret.mountAsFile -}}
+{{- $_ := set $oc "client_secret_file" (printf "%s/%s" (include "proxyrunner.oidcSecretDir" $) .clientSecret.key) -}}
+{{- end -}}
+{{- if .caCert.configMap -}}
+{{- $_ := set $oc "ca_cert_path" (printf "%s/%s" (include "proxyrunner.oidcCaDir" $) .caCert.key) -}}
+{{- end -}}
+{{- $_ := set $rc "oidc_config" $oc -}}
+{{- end -}}{{- end -}}
+{{- with .Values.tokenExchange -}}{{- if .enabled -}}
+{{- $tx := dict "token_url" .tokenUrl "client_id" .clientId "audience" .audience -}}
+{{- include "proxyrunner.copySet" (list . $tx (list (list "scopes" "scopes") (list "subjectTokenType" "subject_token_type") (list "headerName" "header_name"))) -}}
+{{- if .clientSecret.mountAsFile -}}
+{{- $_ := set $tx "client_secret_file" (printf "%s/%s" (include "proxyrunner.exchangeSecretDir" $) .clientSecret.key) -}}
+{{- end -}}
+{{- $_ := set $rc "token_exchange_config" $tx -}}
+{{- end -}}{{- end -}}
+{{- with .Values.backendAuth -}}{{- if .enabled -}}
+{{- $ba := dict "header" .header -}}
+{{- if .mountAsFile -}}
+{{- $_ := set $ba "value_file" (printf "%s/%s" (include "proxyrunner.backendAuthDir" $) .secret.key) -}}
+{{- else -}}
+{{- $_ := set $ba "value_env" (include "proxyrunner.backendAuthEnv" $) -}}
+{{- end -}}
+{{- $_ := set $rc "backend_auth" $ba -}}
+{{- end -}}{{- end -}}
+{{- if .Values.authz.enabled -}}
+{{- $_ := set $rc "authz_config_path" (printf "%s/%s" (include "proxyrunner.authzDir" .) .Values.authz.key) -}}
+{{- end -}}
+{{- with .Values.audit -}}{{- if .enabled -}}
+{{- $ac := dict -}}
+{{- include "proxyrunner.copySet" (list . $ac (list (list "component" "component") (list "eventTypes" "event_types") (list "excludeEventTypes" "exclude_event_types") (list "includeRequestData" "include_request_data") (list "includeResponseData" "include_response_data") (list "maxDataSize" "max_data_size") (list "logFile" "log_file"))) -}}
+{{- $_ := set $rc "audit_config" $ac -}}
+{{- end -}}{{- end -}}
 {{- $rc | toPrettyJson -}}
 {{- end }}
 
@@ -66,5 +139,27 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 {{- if and .Values.redis.enabled (not .Values.redis.passwordSecret.name) -}}
 {{- fail "redis.passwordSecret.name is required when redis.enabled is true" -}}
+{{- end -}}
+{{- range $field, $owner := dict "oidc_config" "oidc" "token_exchange_config" "tokenExchange" "backend_auth" "backendAuth" "authz_config_path" "authz" "audit_config" "audit" -}}
+{{- if and (index $.Values $owner).enabled (hasKey $.Values.runConfig $field) -}}
+{{- fail (printf "runConfig.%s is set while %s.enabled renders it; set it in one place" $field $owner) -}}
+{{- end -}}
+{{- end -}}
+{{- if and .Values.authz.enabled (hasKey .Values.runConfig "authz_config") -}}
+{{- fail "runConfig.authz_config is set while authz.enabled renders authz_config_path; set the policies in one place" -}}
+{{- end -}}
+{{- if and .Values.tokenExchange.enabled (not .Values.oidc.enabled) -}}
+{{- fail "tokenExchange.enabled needs oidc.enabled: the exchange trades the client's validated token" -}}
+{{- end -}}
+{{- if and .Values.tokenExchange.enabled .Values.backendAuth.enabled -}}
+{{- fail "tokenExchange.enabled and backendAuth.enabled conflict: the backend gets one credential; choose one" -}}
+{{- end -}}
+{{- if .Values.authz.enabled -}}
+{{- if and .Values.authz.policies .Values.authz.existingConfigMap -}}
+{{- fail "authz.policies and authz.existingConfigMap are both set; the policies come from one ConfigMap" -}}
+{{- end -}}
+{{- if not (or .Values.authz.policies .Values.authz.existingConfigMap) -}}
+{{- fail "authz.enabled needs authz.policies or authz.existingConfigMap" -}}
+{{- end -}}
 {{- end -}}
 {{- end }}
