@@ -41,13 +41,9 @@ pytestmark = pytest.mark.timeout(120)
 _AUTHZ_AUDIT_NOT_WIRED = pytest.mark.xfail(
     strict=True, raises=ConfigError, reason="authz/audit wiring lands on wt-wire"
 )
-_TOKEN_EXCHANGE_NOT_WIRED = pytest.mark.xfail(
-    strict=True, raises=ConfigError, reason="token_exchange_config wiring lands on another branch"
-)
 _NOT_WIRED = {
     "identity-values": _AUTHZ_AUDIT_NOT_WIRED,
     "identity-files-values": _AUTHZ_AUDIT_NOT_WIRED,
-    "token-exchange-values": _TOKEN_EXCHANGE_NOT_WIRED,
 }
 IDENTITY = CHART / "ci" / "identity-values.yaml"
 IDENTITY_FILES = CHART / "ci" / "identity-files-values.yaml"
