@@ -25,8 +25,20 @@ from typing import Any, NoReturn
 import aiohttp
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 from mcp import Client
 
+from proxyrunner.backends.local import LocalBackendDirectory
+from proxyrunner.config import parse_config
+from proxyrunner.logging import get_logger
+from proxyrunner.metrics import Metrics
+from proxyrunner.proxy.forward import Forwarder
+from proxyrunner.proxy.parts import ProxyParts
+from proxyrunner.proxy.pipeline import Stage
+from proxyrunner.proxy.server import build_app, default_stages
+from proxyrunner.proxy.upstream import UpstreamPool
+from proxyrunner.sessions.memory import MemorySessionStore
+from proxyrunner.traffic import Traffic
 from tests.procs import Proxy, eventually, http_status
 
 REPO = Path(__file__).resolve().parents[1]
@@ -224,3 +236,33 @@ async def check_a_session_outlives_its_killed_child(proxy: Proxy) -> None:
         again = await whoami(client)
     assert again["pid"] != first["pid"]
     assert "session re-initialized" in [e.get("event") for e in proxy.log_events()]
+
+
+async def serve(backend_url: str, extra: list[Stage]) -> AsyncIterator[tuple[str, ProxyParts]]:
+    """The proxy app in-process in front of ``backend_url``, with ``extra`` stages after
+    the default ones; yields its MCP URL and its parts."""
+    config, _ = parse_config({"name": "demo", "remote_url": backend_url})
+    log = get_logger().bind(test="in-process")
+    metrics = Metrics()
+    async with aiohttp.ClientSession() as client:
+        pool = UpstreamPool()
+        directory = LocalBackendDirectory(config, metrics, log, client)
+        await directory.start()
+        forwarder = Forwarder(
+            client,
+            pool,
+            timeout=config.backend.timeout,
+            max_body=config.listen.max_request_body,
+            metrics=metrics,
+            log=log,
+        )
+        store = MemorySessionStore(config.sessions.cache_size, config.sessions.ttl, metrics)
+        parts = ProxyParts(config, store, directory, metrics, Traffic(), forwarder, log)
+        server = TestServer(build_app(parts, [*default_stages(parts), *extra]), host="127.0.0.1")
+        await server.start_server()
+        try:
+            yield str(server.make_url("/mcp")), parts
+        finally:
+            await server.close()
+            await directory.close()
+            await pool.close()
