@@ -26,6 +26,7 @@ from proxyrunner.authz.files import load_authz_file
 from proxyrunner.config import RunConfig
 from proxyrunner.config.audit import AUDIT_CONFIG, AUDIT_CONFIG_FIELD, AuditConfig
 from proxyrunner.config.files import load_section_file
+from proxyrunner.errors import ConfigError
 from proxyrunner.metrics import Metrics
 from proxyrunner.proxy.pipeline import Stage
 from proxyrunner.proxy.stages.audit import Audit
@@ -44,20 +45,23 @@ def load_policies(config: RunConfig) -> Policies:
     """The authorizer and the audit settings ``config`` asks for, files read. Raises
     ConfigError naming the file, field or policy at fault."""
     policy = config.policy
-    authz = policy.authz
-    if policy.authz_path:
-        authz = load_authz_file(Path(policy.authz_path))
+    authorizer = None
+    if policy.authz is not None:
+        authorizer = CedarAuthorizer.from_config(policy.authz, server_name=config.name)
+    elif policy.authz_path:
+        path = Path(policy.authz_path)
+        try:
+            authorizer = CedarAuthorizer.from_config(load_authz_file(path), config.name)
+        except ConfigError as exc:
+            # Name the file once: problems from reading it already start with it.
+            prefix = f"{path}: "
+            raise ConfigError(
+                [p if p.startswith(prefix) else prefix + p for p in exc.problems]
+            ) from None
     audit = policy.audit
     if policy.audit_path:
         audit = load_section_file(Path(policy.audit_path), AUDIT_CONFIG.read, AUDIT_CONFIG_FIELD)
-    return Policies(
-        authorizer=(
-            CedarAuthorizer.from_config(authz, server_name=config.name)
-            if authz is not None
-            else None
-        ),
-        audit=audit if audit is not None and audit.enabled else None,
-    )
+    return Policies(authorizer, audit if audit is not None and audit.enabled else None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,82 +18,18 @@ from typing import Any
 
 import aiohttp
 import pytest
-from joserfc import jwk, jwt
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
 from tests.conftest import StartBackend, StartProxy
 from tests.helpers import INIT, MCP_HEADERS, tool_text, tools_call
-from tests.identity_fixtures import StartIdp
-from tests.identity_provider import IdentityProvider, Resource, generate_key
-from tests.procs import DemoBackend, Proxy, free_port
+from tests.identity_fixtures import CLIENT, SCOPE, OAuthSetup, StartIdp, bearer
+from tests.identity_provider import Resource, generate_key
+from tests.procs import Proxy, free_port
 from tests.redis_server import RedisServer
 
 pytestmark = [pytest.mark.node, pytest.mark.timeout(90)]
-
-CLIENT = "proxy-client"
-SCOPE = "mcp:tools mcp:read"
-
-
-class OAuthSetup:
-    """A running IdP, the demo backend, and a way to start proxies in front of it."""
-
-    def __init__(
-        self,
-        idp: IdentityProvider,
-        backend: DemoBackend,
-        start_proxy: StartProxy,
-        resource: str,
-        port: int,
-    ) -> None:
-        self.idp = idp
-        self.backend = backend
-        self._start_proxy = start_proxy
-        self.resource = resource
-        self.port = port
-
-    def proxy(
-        self,
-        port: int | None = None,
-        env: dict[str, str] | None = None,
-        **oidc: Any,
-    ) -> Proxy:
-        extra = oidc.pop("config", {})
-        config = {
-            "name": "demo",
-            "remote_url": self.backend.url,
-            "port": port or self.port,
-            "oidc_config": {"issuer": self.idp.issuer, "resource_url": self.resource, **oidc},
-            **extra,
-        }
-        return self._start_proxy(config, env=env)
-
-    async def token(self, scope: str = SCOPE, client: str = CLIENT) -> str:
-        return await self.idp.token(client, resource=self.resource, scope=scope)
-
-    def forge(
-        self,
-        *,
-        header: dict[str, Any] | None = None,
-        key: dict[str, Any] | None = None,
-        **claims: Any,
-    ) -> str:
-        """A JWT the IdP never issued: signed with its current key unless told otherwise."""
-        signing = key or self.idp.keys[0]
-        now = int(time.time())
-        body = {
-            "iss": self.idp.issuer,
-            "aud": self.resource,
-            "sub": "forged",
-            "client_id": CLIENT,
-            "scope": SCOPE,
-            "iat": now,
-            "exp": now + 300,
-            **claims,
-        }
-        head = {"alg": signing["alg"], "kid": signing["kid"], "typ": "at+jwt", **(header or {})}
-        return jwt.encode(head, body, jwk.import_key(signing))
 
 
 @pytest.fixture
@@ -104,10 +40,6 @@ async def oauth(
     resource = f"http://127.0.0.1:{port}/mcp"
     idp = await start_idp(resources={resource: Resource()})
     return OAuthSetup(idp, start_backend("alpha"), start_proxy, resource, port)
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {**MCP_HEADERS, "Authorization": f"Bearer {token}"}
 
 
 async def call_headers_tool(url: str, token: str) -> dict[str, str]:
