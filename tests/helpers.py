@@ -40,6 +40,7 @@ from proxyrunner.proxy.server import build_app, default_stages
 from proxyrunner.proxy.upstream import UpstreamPool
 from proxyrunner.sessions.memory import MemorySessionStore
 from proxyrunner.traffic import Traffic
+from tests.balancer import relay
 from tests.procs import Proxy, eventually, free_port, http_status
 
 REPO = Path(__file__).resolve().parents[1]
@@ -269,11 +270,6 @@ async def serve(backend_url: str, extra: list[Stage]) -> AsyncIterator[tuple[str
             await pool.close()
 
 
-_HOP_HEADERS = frozenset(
-    {"connection", "content-length", "transfer-encoding", "content-encoding", "host", "keep-alive"}
-)
-
-
 class Tap:
     """An HTTP hop in front of a backend that records every JSON-RPC message passing to
     it, with the content type of its answer: what a test shows never reached the backend,
@@ -308,27 +304,17 @@ class Tap:
             # A listen stream would outlive the test; clients go without one on a 405.
             return web.Response(status=405)
         body = await request.read()
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
-        async with (
-            aiohttp.ClientSession() as http,
-            http.request(
-                request.method, self.upstream + request.path_qs, data=body or None, headers=headers
-            ) as up,
-        ):
-            kind = up.headers.get("Content-Type", "").split(";")[0]
+
+        def record(answer: aiohttp.ClientResponse) -> None:
+            # Before the answer is relayed: the client may act on it at once.
             if body and request.path == "/mcp":
+                kind = answer.headers.get("Content-Type", "").split(";")[0]
                 parsed = json.loads(body)
                 for message in parsed if isinstance(parsed, list) else [parsed]:
                     self.seen.append((message, kind))
-            answer = web.StreamResponse(
-                status=up.status,
-                headers={k: v for k, v in up.headers.items() if k.lower() not in _HOP_HEADERS},
-            )
-            await answer.prepare(request)
-            async for chunk in up.content.iter_any():
-                await answer.write(chunk)
-            await answer.write_eof()
-            return answer
+
+        async with aiohttp.ClientSession(auto_decompress=False) as http:
+            return await relay(http, request, self.upstream + request.path_qs, body, record)
 
 
 @contextlib.contextmanager
