@@ -112,10 +112,19 @@ def _build_directory(
 class ProxyProcess:
     """One proxyrunner process: ``await ProxyProcess(...).run()`` returns the exit code."""
 
-    def __init__(self, config: RunConfig, secrets: Secrets, kube: KubeAccess | None = None) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        secrets: Secrets,
+        kube: KubeAccess | None = None,
+        replica: str = "",
+    ) -> None:
+        """``replica`` names this process in audit events (the CLI passes the pod name);
+        empty: the server's name."""
         self.config = config
         self._secrets = secrets
         self._kube = kube
+        self._replica = replica
         self.log = get_logger().bind(server=config.name)
         self.metrics = Metrics()
         self.signals = StopSignals(self.log)
@@ -145,7 +154,9 @@ class ProxyProcess:
                 metrics=self.metrics,
                 log=self.log,
             )
-            guard, guard_closers = build_guard(config, self._secrets, self.metrics, self.log)
+            guard, guard_closers = build_guard(
+                config, self._secrets, self.metrics, self.log, self._replica
+            )
             for name, closer in guard_closers:
                 closers.push(name, closer)
             if not config.identity.authenticated:

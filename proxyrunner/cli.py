@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from proxyrunner import __version__
+from proxyrunner.audit.events import replica_name
 from proxyrunner.config import (
     BackendConfig,
     ListenConfig,
@@ -176,7 +177,8 @@ async def _run(args: argparse.Namespace) -> int:
             log.debug("ignoring unknown RunConfig fields", fields=list(loaded.unknown_fields))
         config, secrets, kube = await _read_environment(_apply_flags(loaded.config, args), kube_api)
         log.info("config loaded", source=loaded.source)
-        return await ProxyProcess(config, secrets, kube).run()
+        replica = replica_name(os.environ, config.name)
+        return await ProxyProcess(config, secrets, kube, replica).run()
     finally:
         api = kube.api if kube is not None else kube_api
         if api is not None:
@@ -197,7 +199,10 @@ def _event_loop_runner() -> Callable[[Coroutine[Any, Any, int]], int]:
 
 
 def _validate(path: Path) -> int:
+    from proxyrunner.proxy.policy import load_policies
+
     loaded = load_config_file(path)
+    load_policies(loaded.config)  # the files it names and every Cedar policy parse too
     sys.stdout.write(dump_json(loaded.config))
     if loaded.unknown_fields:
         sys.stderr.write(f"note: ignored unknown fields: {', '.join(loaded.unknown_fields)}\n")

@@ -10,12 +10,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
 
 _HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "upgrade"}
+
+
+async def relay(
+    client: aiohttp.ClientSession,
+    request: web.Request,
+    url: str,
+    body: bytes | None = None,
+    on_answer: Callable[[aiohttp.ClientResponse], None] | None = None,
+) -> web.StreamResponse:
+    """``request`` sent on to ``url`` (``body``: what was read of it already) and the
+    answer streamed back as it comes; ``on_answer`` sees the answer's head first."""
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
+    if body is None:
+        body = await request.read()
+    async with client.request(request.method, url, data=body, headers=headers) as answer:
+        if on_answer is not None:
+            on_answer(answer)
+        response = web.StreamResponse(
+            status=answer.status,
+            headers={k: v for k, v in answer.headers.items() if k.lower() not in _HOP},
+        )
+        await response.prepare(request)
+        async for chunk in answer.content.iter_any():
+            await response.write(chunk)
+        await response.write_eof()
+        return response
 
 
 class Balancer:
@@ -57,20 +83,7 @@ class Balancer:
         assert self._client is not None
         upstream = self._pick()
         self.served[upstream] += 1
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
-        body = await request.read()
-        async with self._client.request(
-            request.method, f"{upstream}{request.path_qs}", data=body, headers=headers
-        ) as answer:
-            response = web.StreamResponse(
-                status=answer.status,
-                headers={k: v for k, v in answer.headers.items() if k.lower() not in _HOP},
-            )
-            await response.prepare(request)
-            async for chunk in answer.content.iter_any():
-                await response.write(chunk)
-            await response.write_eof()
-            return response
+        return await relay(self._client, request, f"{upstream}{request.path_qs}")
 
     async def start(self) -> str:
         self._client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))

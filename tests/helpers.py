@@ -15,19 +15,33 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
 import aiohttp
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 from mcp import Client
 
-from tests.procs import Proxy, eventually, http_status
+from proxyrunner.backends.local import LocalBackendDirectory
+from proxyrunner.config import parse_config
+from proxyrunner.logging import get_logger
+from proxyrunner.metrics import Metrics
+from proxyrunner.proxy.forward import Forwarder
+from proxyrunner.proxy.parts import ProxyParts
+from proxyrunner.proxy.pipeline import Stage
+from proxyrunner.proxy.server import build_app, default_stages
+from proxyrunner.proxy.upstream import UpstreamPool
+from proxyrunner.sessions.memory import MemorySessionStore
+from proxyrunner.traffic import Traffic
+from tests.balancer import relay
+from tests.procs import Proxy, eventually, free_port, http_status
 
 REPO = Path(__file__).resolve().parents[1]
 NODE_MODULES = REPO / "tests" / "node" / "node_modules"
@@ -224,3 +238,115 @@ async def check_a_session_outlives_its_killed_child(proxy: Proxy) -> None:
         again = await whoami(client)
     assert again["pid"] != first["pid"]
     assert "session re-initialized" in [e.get("event") for e in proxy.log_events()]
+
+
+async def serve(backend_url: str, extra: list[Stage]) -> AsyncIterator[tuple[str, ProxyParts]]:
+    """The proxy app in-process in front of ``backend_url``, with ``extra`` stages after
+    the default ones; yields its MCP URL and its parts."""
+    config, _ = parse_config({"name": "demo", "remote_url": backend_url})
+    log = get_logger().bind(test="in-process")
+    metrics = Metrics()
+    async with aiohttp.ClientSession() as client:
+        pool = UpstreamPool()
+        directory = LocalBackendDirectory(config, metrics, log, client)
+        await directory.start()
+        forwarder = Forwarder(
+            client,
+            pool,
+            timeout=config.backend.timeout,
+            max_body=config.listen.max_request_body,
+            metrics=metrics,
+            log=log,
+        )
+        store = MemorySessionStore(config.sessions.cache_size, config.sessions.ttl, metrics)
+        parts = ProxyParts(config, store, directory, metrics, Traffic(), forwarder, log)
+        server = TestServer(build_app(parts, [*default_stages(parts), *extra]), host="127.0.0.1")
+        await server.start_server()
+        try:
+            yield str(server.make_url("/mcp")), parts
+        finally:
+            await server.close()
+            await directory.close()
+            await pool.close()
+
+
+class Tap:
+    """An HTTP hop in front of a backend that records every JSON-RPC message passing to
+    it, with the content type of its answer: what a test shows never reached the backend,
+    and whether the backend answered with JSON or an event stream. Serve ``app()``."""
+
+    def __init__(self, upstream: str) -> None:
+        """``upstream``: the backend's base URL; every path is relayed to it."""
+        self.upstream = upstream.rstrip("/")
+        self.url = ""
+        """Where it is served (set by ``running_tap``)."""
+        self.seen: list[tuple[dict[str, Any], str]] = []
+        """(message, answer's content type) of every JSON-RPC request or notification."""
+
+    def calls(self, method: str) -> list[Any]:
+        """The ``params.name`` (or ``params.uri``) of each ``method`` request seen."""
+        return [
+            (message.get("params") or {}).get("name") or (message.get("params") or {}).get("uri")
+            for message, _ in self.seen
+            if message.get("method") == method
+        ]
+
+    def answered_as(self, method: str) -> set[str]:
+        return {kind for message, kind in self.seen if message.get("method") == method}
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", "/{path:.*}", self._relay)
+        return app
+
+    async def _relay(self, request: web.Request) -> web.StreamResponse:
+        if request.method == "GET" and request.path == "/mcp":
+            # A listen stream would outlive the test; clients go without one on a 405.
+            return web.Response(status=405)
+        body = await request.read()
+
+        def record(answer: aiohttp.ClientResponse) -> None:
+            # Before the answer is relayed: the client may act on it at once.
+            if body and request.path == "/mcp":
+                kind = answer.headers.get("Content-Type", "").split(";")[0]
+                parsed = json.loads(body)
+                for message in parsed if isinstance(parsed, list) else [parsed]:
+                    self.seen.append((message, kind))
+
+        async with aiohttp.ClientSession(auto_decompress=False) as http:
+            return await relay(http, request, self.upstream + request.path_qs, body, record)
+
+
+@contextlib.contextmanager
+def running_tap(upstream: str) -> Iterator[Tap]:
+    """A ``Tap`` in front of ``upstream``, served by its own thread and event loop (so it
+    answers while a test blocks on a proxy's start); ``tap.url`` is its MCP URL."""
+    tap = Tap(upstream)
+    port = free_port()
+    tap.url = f"http://127.0.0.1:{port}/mcp"
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(tap.app(), shutdown_timeout=0.5)
+    started = threading.Event()
+
+    def serve_forever() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(runner.setup())
+        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+        started.set()
+        loop.run_forever()
+        loop.run_until_complete(runner.cleanup())
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+    thread = threading.Thread(target=serve_forever, name="tap", daemon=True)
+    thread.start()
+    assert started.wait(10), "the tap did not start"
+    try:
+        yield tap
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)

@@ -17,29 +17,18 @@ import aiohttp
 import pytest
 import structlog
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from proxyrunner.audit.events import Origin, describe, outcome, replica_name
 from proxyrunner.audit.sink import AuditLog
-from proxyrunner.backends.local import LocalBackendDirectory
-from proxyrunner.config import parse_config
 from proxyrunner.config.audit import AUDIT_CONFIG, AuditConfig
 from proxyrunner.errors import ConfigError, StartupError
-from proxyrunner.logging import get_logger
 from proxyrunner.mcp import jsonrpc
-from proxyrunner.metrics import Metrics
 from proxyrunner.principal import Principal, short_hash
 from proxyrunner.proxy.errors import ProxyError
-from proxyrunner.proxy.forward import Forwarder
-from proxyrunner.proxy.parts import ProxyParts
 from proxyrunner.proxy.pipeline import Exchange, Next
-from proxyrunner.proxy.server import build_app, default_stages
 from proxyrunner.proxy.stages.audit import Audit
-from proxyrunner.proxy.upstream import UpstreamPool
-from proxyrunner.sessions.memory import MemorySessionStore
-from proxyrunner.traffic import Traffic
 from tests.conftest import StartBackend
-from tests.helpers import MCP_HEADERS, raw_initialize, tools_call
+from tests.helpers import MCP_HEADERS, raw_initialize, serve, tools_call
 
 TOKEN = "eyJhbGciOiJub25lIn0.c2VjcmV0LXRva2Vu.sig"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -60,18 +49,16 @@ def problems(value: object) -> list[str]:
     return caught.value.problems
 
 
-def test_toolhive_audit_config_is_read_as_written() -> None:
-    config = read(
-        {
-            "component": "github-mcp",
-            "event_types": ["mcp_tool_call", "mcp_initialize"],
-            "exclude_event_types": ["mcp_ping"],
-            "include_request_data": True,
-            "include_response_data": False,
-            "max_data_size": 2048,
-            "log_file": "/var/log/toolhive/audit.log",
-        }
-    )
+def test_toolhive_audit_config_is_read_as_written_and_dumped_with_its_names() -> None:
+    written = {
+        "component": "github-mcp",
+        "eventTypes": ["mcp_tool_call", "mcp_initialize"],
+        "excludeEventTypes": ["mcp_ping"],
+        "includeRequestData": True,
+        "maxDataSize": 2048,
+        "logFile": "/var/log/toolhive/audit.log",
+    }
+    config = read({**written, "includeResponseData": False})
     assert config == AuditConfig(
         component="github-mcp",
         event_types=("mcp_tool_call", "mcp_initialize"),
@@ -80,11 +67,28 @@ def test_toolhive_audit_config_is_read_as_written() -> None:
         max_data_size=2048,
         log_file="/var/log/toolhive/audit.log",
     )
-    assert AUDIT_CONFIG.read(AUDIT_CONFIG.write(config), "audit_config") == config
+    assert AUDIT_CONFIG.write(config) == written
+
+
+def test_snake_case_names_are_read_too() -> None:
+    config = read({"event_types": ["mcp_tool_call"], "max_data_size": 10, "log_file": "a.log"})
+    assert (config.event_types, config.max_data_size, config.log_file) == (
+        ("mcp_tool_call",),
+        10,
+        "a.log",
+    )
 
 
 def test_keys_match_as_gos_decoder_matches_them_and_unknown_keys_are_ignored() -> None:
-    config = read({"MaxDataSize": 10, "LOG_FILE": "a.log", "Include_Request_Data": True, "x": 1})
+    config = read(
+        {
+            "MaxDataSize": 10,
+            "LOGFILE": "a.log",
+            "Include_Request_Data": True,
+            "detectApplicationErrors": False,
+            "x": 1,
+        }
+    )
     assert (config.max_data_size, config.log_file, config.include_request_data) == (
         10,
         "a.log",
@@ -95,24 +99,24 @@ def test_keys_match_as_gos_decoder_matches_them_and_unknown_keys_are_ignored() -
 def test_defaults_follow_toolhive() -> None:
     assert read({}) == AuditConfig()
     assert AuditConfig().max_data_size == 1024
-    assert read({"max_data_size": 0}).max_data_size == 1024  # omitempty: 0 is "not set"
+    assert read({"maxDataSize": 0}).max_data_size == 1024  # omitempty: 0 is "not set"
     assert read({"enabled": False}).enabled is False  # ToolHive's older layout
-    assert AUDIT_CONFIG.write(AuditConfig()) == {"max_data_size": 1024}
+    assert AUDIT_CONFIG.write(AuditConfig()) == {"maxDataSize": 1024}
 
 
 def test_problems_name_the_path() -> None:
-    assert problems({"max_data_size": -1}) == ["audit_config.max_data_size: must be >= 0, got -1"]
-    assert problems({"event_types": ["mcp_tool_call", "tool_call"]})[0].startswith(
-        "audit_config.event_types[1]: unknown event type 'tool_call'; known: mcp_initialize"
+    assert problems({"maxDataSize": -1}) == ["audit_config.maxDataSize: must be >= 0, got -1"]
+    assert problems({"eventTypes": ["mcp_tool_call", "tool_call"]})[0].startswith(
+        "audit_config.eventTypes[1]: unknown event type 'tool_call'; known: mcp_initialize"
     )
-    assert problems({"exclude_event_types": "mcp_ping"}) == [
-        "audit_config.exclude_event_types: must be a list of strings, got 'mcp_ping'"
+    assert problems({"excludeEventTypes": "mcp_ping"}) == [
+        "audit_config.excludeEventTypes: must be a list of strings, got 'mcp_ping'"
     ]
-    assert problems({"include_request_data": "yes", "max_data_size": "1k"}) == [
-        "audit_config.include_request_data: must be true or false, got 'yes'",
-        "audit_config.max_data_size: must be an integer, got '1k'",
+    assert problems({"includeRequestData": "yes", "maxDataSize": "1k"}) == [
+        "audit_config.includeRequestData: must be true or false, got 'yes'",
+        "audit_config.maxDataSize: must be an integer, got '1k'",
     ]
-    assert problems(["log_file"])[0].startswith("audit_config: must be an object")
+    assert problems(["logFile"])[0].startswith("audit_config: must be an object")
 
 
 def test_exclusion_wins_over_inclusion() -> None:
@@ -252,36 +256,15 @@ class FakeAuthz:
             raise Forbidden("tool add is not allowed")
 
 
-async def serve(backend_url: str, audit: AuditConfig) -> AsyncIterator[str]:
-    config, _ = parse_config({"name": "demo", "remote_url": backend_url})
-    log = get_logger().bind(test="audit")
-    metrics = Metrics()
+async def serve_audited(backend_url: str, audit: AuditConfig) -> AsyncIterator[str]:
     sink = AuditLog.open(audit)
-    origin = Origin(component=audit.component or config.name, replica="demo-7", transport="http")
-    async with aiohttp.ClientSession() as client:
-        pool = UpstreamPool()
-        directory = LocalBackendDirectory(config, metrics, log, client)
-        await directory.start()
-        forwarder = Forwarder(
-            client,
-            pool,
-            timeout=config.backend.timeout,
-            max_body=config.listen.max_request_body,
-            metrics=metrics,
-            log=log,
-        )
-        store = MemorySessionStore(config.sessions.cache_size, config.sessions.ttl, metrics)
-        parts = ProxyParts(config, store, directory, metrics, Traffic(), forwarder, log)
-        stages = [*default_stages(parts), Audit(audit, sink, origin), FakeIdentity(), FakeAuthz()]
-        server = TestServer(build_app(parts, stages), host="127.0.0.1")
-        await server.start_server()
-        try:
-            yield str(server.make_url("/mcp"))
-        finally:
-            await server.close()
-            await directory.close()
-            await pool.close()
-            sink.close()
+    origin = Origin(component=audit.component or "demo", replica="demo-7", transport="http")
+    try:
+        stages = [Audit(audit, sink, origin), FakeIdentity(), FakeAuthz()]
+        async for url, _ in serve(backend_url, stages):
+            yield url
+    finally:
+        sink.close()
 
 
 async def exchange_a_few(url: str) -> str:
@@ -316,7 +299,7 @@ async def test_every_request_is_one_event_with_who_what_and_how_it_ended(
 ) -> None:
     log_file = tmp_path / "audit.log"
     backend = start_backend("alpha")
-    async for url in serve(backend.url, AuditConfig(log_file=str(log_file))):
+    async for url in serve_audited(backend.url, AuditConfig(log_file=str(log_file))):
         session = await exchange_a_few(url)
     init, initialized, echo, add, listed, unknown, anonymous = events(log_file)
     assert [e["type"] for e in (init, initialized, echo, add, listed, unknown, anonymous)] == [
@@ -383,7 +366,7 @@ async def test_bodies_only_when_asked_and_cut_to_max_data_size(
         event_types=("mcp_tool_call", "mcp_tools_list"),
     )
     backend = start_backend("alpha")
-    async for url in serve(backend.url, config):
+    async for url in serve_audited(backend.url, config):
         async with aiohttp.ClientSession(headers=AUTH) as http:
             session = await raw_initialize(http, url)
             headers = {**MCP_HEADERS, "Mcp-Session-Id": session}
@@ -414,6 +397,6 @@ async def test_excluded_event_types_are_not_written(
         log_file=str(log_file), exclude_event_types=("mcp_tool_call", "mcp_request")
     )
     backend = start_backend("alpha")
-    async for url in serve(backend.url, config):
+    async for url in serve_audited(backend.url, config):
         await exchange_a_few(url)
     assert [e["type"] for e in events(log_file)] == ["mcp_initialize", "mcp_tools_list"]

@@ -24,9 +24,8 @@ from proxyrunner.metrics import Metrics
 from proxyrunner.principal import Principal
 from proxyrunner.proxy.pipeline import Exchange
 from proxyrunner.proxy.stages.authz import Authorization
-from tests.helpers import MCP_HEADERS, tools_call
+from tests.helpers import MCP_HEADERS, serve, tools_call
 from tests.procs import free_port
-from tests.test_pipeline import serve
 
 POLICIES = [
     'permit(principal, action == Action::"call_tool", resource == Tool::"echo");',

@@ -18,7 +18,6 @@ from proxyrunner.config.oidc import (
     TOKEN_EXCHANGE_CLIENT_SECRET_ENV,
     read_token_exchange,
 )
-from proxyrunner.errors import ConfigError
 from tests.chart import (
     CHART,
     CI_VALUES,
@@ -36,15 +35,6 @@ from tests.chart import (
 pytestmark = pytest.mark.timeout(120)
 
 
-# Fields the chart renders before the daemon on this branch accepts them: once the
-# wiring is merged these xfails turn into failures (strict), and the marks go.
-_AUTHZ_AUDIT_NOT_WIRED = pytest.mark.xfail(
-    strict=True, raises=ConfigError, reason="authz/audit wiring lands on wt-wire"
-)
-_NOT_WIRED = {
-    "identity-values": _AUTHZ_AUDIT_NOT_WIRED,
-    "identity-files-values": _AUTHZ_AUDIT_NOT_WIRED,
-}
 IDENTITY = CHART / "ci" / "identity-values.yaml"
 IDENTITY_FILES = CHART / "ci" / "identity-files-values.yaml"
 TOKEN_EXCHANGE = CHART / "ci" / "token-exchange-values.yaml"
@@ -56,13 +46,7 @@ def test_chart_lints_clean(values: Path) -> None:
     assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
-@pytest.mark.parametrize(
-    "values",
-    [
-        pytest.param(v, id=v.stem, marks=[_NOT_WIRED[v.stem]] if v.stem in _NOT_WIRED else [])
-        for v in CI_VALUES
-    ],
-)
+@pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.stem)
 def test_the_proxy_loads_exactly_the_runconfig_the_chart_renders(values: Path) -> None:
     parse_config(runconfig_of(render(values)))
 

@@ -14,23 +14,13 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 from mcp import Client
 
-from proxyrunner.backends.local import LocalBackendDirectory
-from proxyrunner.config import parse_config
-from proxyrunner.logging import get_logger
-from proxyrunner.metrics import Metrics
 from proxyrunner.proxy.errors import RequestRefused
-from proxyrunner.proxy.forward import Forwarder
-from proxyrunner.proxy.parts import ProxyParts
-from proxyrunner.proxy.pipeline import Exchange, Next, Stage
-from proxyrunner.proxy.server import build_app, default_stages
-from proxyrunner.proxy.upstream import UpstreamPool
-from proxyrunner.sessions.memory import MemorySessionStore
-from proxyrunner.traffic import Traffic
+from proxyrunner.proxy.pipeline import Exchange, Next
+from proxyrunner.proxy.server import default_stages
 from tests.conftest import StartBackend
-from tests.helpers import MCP_HEADERS, raw_initialize, tools_call
+from tests.helpers import MCP_HEADERS, raw_initialize, serve, tools_call
 
 
 @dataclass
@@ -75,34 +65,6 @@ class Recorder:
         response = await call_next(exchange)
         self.order.append("after")
         return response
-
-
-async def serve(backend_url: str, extra: list[Stage]) -> AsyncIterator[tuple[str, ProxyParts]]:
-    config, _ = parse_config({"name": "demo", "remote_url": backend_url})
-    log = get_logger().bind(test="pipeline")
-    metrics = Metrics()
-    async with aiohttp.ClientSession() as client:
-        pool = UpstreamPool()
-        directory = LocalBackendDirectory(config, metrics, log, client)
-        await directory.start()
-        forwarder = Forwarder(
-            client,
-            pool,
-            timeout=config.backend.timeout,
-            max_body=config.listen.max_request_body,
-            metrics=metrics,
-            log=log,
-        )
-        store = MemorySessionStore(config.sessions.cache_size, config.sessions.ttl, metrics)
-        parts = ProxyParts(config, store, directory, metrics, Traffic(), forwarder, log)
-        server = TestServer(build_app(parts, [*default_stages(parts), *extra]), host="127.0.0.1")
-        await server.start_server()
-        try:
-            yield str(server.make_url("/mcp")), parts
-        finally:
-            await server.close()
-            await directory.close()
-            await pool.close()
 
 
 @pytest.fixture

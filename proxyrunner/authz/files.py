@@ -9,13 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from proxyrunner.config.authz import AuthzConfig, read_authz_config
-from proxyrunner.config.files import decode_document, read_config_text
-from proxyrunner.errors import ConfigError
+from proxyrunner.config.files import load_section_file
 
 
 def load_authz_file(path: Path) -> AuthzConfig:
-    text = read_config_text(path)
-    try:
-        return read_authz_config(decode_document(text), "authz_config")
-    except ConfigError as exc:
-        raise ConfigError([f"{path}: {problem}" for problem in exc.problems]) from None
+    config: AuthzConfig = load_section_file(path, read_authz_config, "authz_config")
+    return config

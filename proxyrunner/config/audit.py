@@ -1,12 +1,16 @@
 """The audit trail's settings: ToolHive's ``audit_config`` object, read as ToolHive's Go
 code reads it.
 
-A ToolHive RunConfig carries ``"audit_config": {...}`` (``pkg/audit.Config``); an
-operator-rendered one loads here unchanged. Keys match the way Go's encoding/json matches
-them (json tag or Go field name, any case: ``go_keys``), unknown keys are ignored as Go
-ignores them, and the rules are upstream's ``Validate``: ``max_data_size`` not negative,
-event types from the known list. The presence of the object turns the audit on;
-``enabled`` (kept from ToolHive's older layout) can still switch it off.
+A ToolHive RunConfig carries ``"audit_config": {...}`` (``pkg/audit.Config``), whose json
+tags are camelCase (``eventTypes``, ``maxDataSize``, ``logFile``); an operator-rendered
+one loads here unchanged, and a dump writes those names back. Keys match the way Go's
+encoding/json matches them (json tag or Go field name, any case: ``go_keys``), snake_case
+spellings are taken too, unknown keys are ignored as Go ignores them (upstream's
+``detectApplicationErrors`` and ``maxDelegationDepth`` among them: JSON-RPC errors are
+always detected here, and delegation chains are not recorded), and the rules are
+upstream's ``Validate``: ``maxDataSize`` not negative, event types from the known list.
+The presence of the object turns the audit on; ``enabled`` (kept from ToolHive's older
+layout) can still switch it off.
 """
 
 from __future__ import annotations
@@ -63,19 +67,19 @@ class AuditConfig:
     component: str = ""
     """``component``: the event's ``component``; empty means the server's ``name``."""
     event_types: tuple[str, ...] = ()
-    """``event_types``: only these are recorded; empty records every type."""
+    """``eventTypes``: only these are recorded; empty records every type."""
     exclude_event_types: tuple[str, ...] = ()
-    """``exclude_event_types``: never recorded; wins over ``event_types``."""
+    """``excludeEventTypes``: never recorded; wins over ``eventTypes``."""
     include_request_data: bool = False
-    """``include_request_data``: the request body goes into the event's ``data``."""
+    """``includeRequestData``: the request body goes into the event's ``data``."""
     include_response_data: bool = False
-    """``include_response_data``: the answer's JSON-RPC messages go into ``data``."""
+    """``includeResponseData``: the answer's JSON-RPC messages go into ``data``."""
     max_data_size: int = DEFAULT_MAX_DATA_SIZE
-    """``max_data_size``: bytes of request (and of response) data an event keeps at
+    """``maxDataSize``: bytes of request (and of response) data an event keeps at
     most; beyond that the data is cut. 0 means ToolHive's default, 1 KiB, since Go's
     omitempty cannot tell an explicit 0 from an absent field."""
     log_file: str = ""
-    """``log_file``: the file events are appended to (one JSON line each); empty writes
+    """``logFile``: the file events are appended to (one JSON line each); empty writes
     them to stdout."""
 
     def __post_init__(self) -> None:
@@ -98,37 +102,33 @@ class AuditConfig:
         return not self.event_types or event_type in self.event_types
 
 
-def _path(name: str) -> str:
-    return f"{AUDIT_CONFIG_FIELD}.{name}"
+def _path(attribute: str) -> str:
+    """A problem's path, with the field's json tag as ToolHive writes it."""
+    return f"{AUDIT_CONFIG_FIELD}.{_TAGS[attribute]}"
 
 
-# AuditConfig's attributes are named as the json tags.
+# (json tag, attribute, kind): the tags are ToolHive's, what a dump writes.
 AUDIT_FIELDS: Final = tuple(
-    JsonField(name, kind, name)
-    for name, kind in (
-        ("enabled", BOOLEAN),
-        ("component", STRING),
-        ("event_types", STRINGS),
-        ("exclude_event_types", STRINGS),
-        ("include_request_data", BOOLEAN),
-        ("include_response_data", BOOLEAN),
-        ("max_data_size", INTEGER),
-        ("log_file", STRING),
+    JsonField(tag, kind, attribute)
+    for tag, attribute, kind in (
+        ("enabled", "enabled", BOOLEAN),
+        ("component", "component", STRING),
+        ("eventTypes", "event_types", STRINGS),
+        ("excludeEventTypes", "exclude_event_types", STRINGS),
+        ("includeRequestData", "include_request_data", BOOLEAN),
+        ("includeResponseData", "include_response_data", BOOLEAN),
+        ("maxDataSize", "max_data_size", INTEGER),
+        ("logFile", "log_file", STRING),
     )
 )
 
-# Every name Go's decoder accepts for a field: the json tag and the Go field name.
+# Every name accepted for a field: the json tag (which, lowercased, is also the Go field
+# name: go_keys matches any case) and our snake_case attribute name.
 _GO_NAMES: Final = {
     **{row.name: row.name for row in AUDIT_FIELDS},
-    "Enabled": "enabled",
-    "Component": "component",
-    "EventTypes": "event_types",
-    "ExcludeEventTypes": "exclude_event_types",
-    "IncludeRequestData": "include_request_data",
-    "IncludeResponseData": "include_response_data",
-    "MaxDataSize": "max_data_size",
-    "LogFile": "log_file",
+    **{row.attribute: row.name for row in AUDIT_FIELDS},
 }
+_TAGS: Final = {row.attribute: row.name for row in AUDIT_FIELDS}
 
 
 def _read_audit(value: object, path: str) -> AuditConfig:

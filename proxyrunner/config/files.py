@@ -7,10 +7,11 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import yaml
 
+from proxyrunner.config.fields import Reader
 from proxyrunner.config.run_config import RunConfig
 from proxyrunner.config.table import parse_config
 from proxyrunner.errors import ConfigError
@@ -69,6 +70,17 @@ def load_config_text(text: str, source: str) -> LoadedConfig:
     except ConfigError as exc:
         raise ConfigError([f"{source}: {problem}" for problem in exc.problems]) from None
     return LoadedConfig(config=config, source=source, unknown_fields=unknown)
+
+
+def load_section_file(path: Path, read: Reader, field: str) -> Any:
+    """A file holding one RunConfig field's object alone (``authz_config_path`` holds an
+    ``authz_config``), read with that field's reader; a problem names the file, then the
+    field (``/etc/authz.yaml: authz_config.cedar...``)."""
+    text = read_config_text(path)
+    try:
+        return read(decode_document(text), field)
+    except ConfigError as exc:
+        raise ConfigError([f"{path}: {problem}" for problem in exc.problems]) from None
 
 
 def find_config_file(candidates: Sequence[Path] = DEFAULT_CONFIG_PATHS) -> Path:

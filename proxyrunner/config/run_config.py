@@ -21,6 +21,7 @@ from proxyrunner.config.concerns import (
     SessionsConfig,
 )
 from proxyrunner.config.oidc import IdentityConfig
+from proxyrunner.config.policy import PolicyConfig
 from proxyrunner.config.problems import Problems, show
 from proxyrunner.errors import ConfigError
 from proxyrunner.hosts import is_loopback
@@ -45,6 +46,7 @@ class RunConfig:
     drain: DrainConfig = field(default_factory=DrainConfig)
     kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
     identity: IdentityConfig = field(default_factory=IdentityConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
     schema_version: str = DEFAULT_SCHEMA_VERSION
     """RunConfig schema version (``schema_version``), kept as given."""
     mcpserver_generation: int = 0
@@ -93,6 +95,7 @@ CONCERNS: Final[Mapping[str, type[Any]]] = {
     "drain": DrainConfig,
     "kubernetes": KubernetesConfig,
     "identity": IdentityConfig,
+    "policy": PolicyConfig,
 }
 """RunConfig's concerns by attribute name; RunConfig's own fields are the concern ""."""
 
@@ -139,4 +142,6 @@ def describe(config: RunConfig) -> dict[str, object]:
         "session_store": "redis" if config.sessions.redis else "memory",
         "session_cache_size": config.sessions.cache_size,
         "authentication": "oauth" if config.identity.authenticated else "none",
+        "authorization": "cedar" if config.policy.authorizes else "none",
+        "audit": "on" if config.policy.audits else "off",
     }

@@ -13,6 +13,8 @@ from typing import Any, Final, Literal
 
 import yaml
 
+from proxyrunner.config.audit import AUDIT_CONFIG
+from proxyrunner.config.authz import AUTHZ_CONFIG
 from proxyrunner.config.fields import (
     DURATION,
     INTEGER,
@@ -77,18 +79,12 @@ FIELDS: Final = (
     JsonField("oidc_config", OIDC, "identity.oidc"),
     JsonField("token_exchange_config", TOKEN_EXCHANGE, "identity.token_exchange"),
     JsonField("backend_auth", BACKEND_AUTH, "identity.backend_auth"),
+    JsonField("authz_config", AUTHZ_CONFIG, "policy.authz"),
+    JsonField("authz_config_path", STRING, "policy.authz_path"),
+    JsonField("audit_config", AUDIT_CONFIG, "policy.audit"),
+    JsonField("audit_config_path", STRING, "policy.audit_path"),
 )
 """Every field of the flat layout: JSON name, kind, target attribute, omit rule."""
-
-# ToolHive fields this release cannot honour yet. Ignoring them like other unknown fields
-# would run an endpoint without the policies or audit trail its operator asked for.
-_NOT_YET: Final = {
-    "authz_config": "Cedar authorization is not supported yet; the proxy will not run "
-    "without the policies it was given",
-    "authz_config_path": "Cedar authorization is not supported yet",
-    "audit_config": "audit logging is not supported yet",
-    "audit_config_path": "audit logging is not supported yet",
-}
 
 SCALING_CONFIG: Final = "scaling_config"
 _KNOWN: Final = frozenset(row.name for row in FIELDS) | {SCALING_CONFIG}
@@ -128,10 +124,7 @@ def parse_config(data: object) -> tuple[RunConfig, tuple[str, ...]]:
         raise ConfigError(f"the document must be an object of fields, got {show(data)}")
     p = Problems()
     doc = _fold_scaling_layout(data, p)
-    for name in sorted(_NOT_YET.keys() & doc.keys()):
-        if doc[name] not in (None, "", {}):
-            p.add(name, _NOT_YET[name])
-    unknown = tuple(sorted(str(k) for k in doc if k not in _KNOWN and k not in _NOT_YET))
+    unknown = tuple(sorted(str(k) for k in doc if k not in _KNOWN))
     values, unparsed = read_fields(FIELDS, doc, "", p)
     config = assemble(values, unparsed, p)
     if config is None or p.items:

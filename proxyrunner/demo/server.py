@@ -3,7 +3,9 @@
 It is an ordinary MCP server made with the official Python SDK, configured the way
 ToolHive configures containers: ``MCP_TRANSPORT`` (streamable-http, sse or stdio),
 ``MCP_HOST`` and ``MCP_PORT``. ``DEMO_BACKEND_ID`` names it in ``whoami`` so that tests
-and curious users can see which backend served a call.
+and curious users can see which backend served a call; ``DEMO_STATELESS=1`` serves
+without sessions and ``DEMO_JSON_RESPONSE=1`` answers requests with JSON bodies instead
+of event streams (the two forms a proxy has to handle).
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ def main() -> int:
             host=host,
             port=port,
             stateless_http=os.environ.get("DEMO_STATELESS") == "1",
+            json_response=os.environ.get("DEMO_JSON_RESPONSE") == "1",
         )
     else:
         sys.stderr.write(

@@ -31,8 +31,13 @@ from proxyrunner.metrics import Metrics
 from proxyrunner.principal import Principal
 from proxyrunner.proxy.parts import Guard
 from proxyrunner.proxy.pipeline import Stage
+from proxyrunner.proxy.policy import load_policies, open_policy_stages
 from proxyrunner.proxy.protected_resource import ProtectedResource
-from proxyrunner.proxy.stages.authentication import Authentication, Outbound
+from proxyrunner.proxy.stages.authentication import (
+    Authentication,
+    FixedBackendCredential,
+    Outbound,
+)
 
 Closer = tuple[str, Callable[[], Awaitable[object]]]
 
@@ -135,13 +140,23 @@ class _Introspection:
 
 
 def build_guard(
-    config: RunConfig, secrets: Secrets, metrics: Metrics, log: structlog.stdlib.BoundLogger
+    config: RunConfig,
+    secrets: Secrets,
+    metrics: Metrics,
+    log: structlog.stdlib.BoundLogger,
+    replica: str = "",
 ) -> tuple[Guard, list[Closer]]:
-    """The stages and metadata for ``config``'s identity settings; an empty Guard for an
-    unauthenticated endpoint."""
+    """The stages and metadata for ``config``'s identity, authorization and audit
+    settings; an empty Guard when it has none. ``replica`` names this process in audit
+    events (the pod name; the server's name when empty)."""
+    # Policies first: a bad one stops the start before anything is opened. Then the
+    # audit log, which holds no connection: nothing to clean up if the IdP part fails.
+    policy = open_policy_stages(config, load_policies(config), metrics, log, replica or config.name)
     identity = config.identity
     oidc = identity.oidc
     closers: list[Closer] = []
+    if policy.close is not None:
+        closers.append(("audit log", policy.close))  # closed last: after the listener
     stages: list[Stage] = []
     health: list[Callable[[], tuple[bool, str]]] = []
     resource: ProtectedResource | None = None
@@ -174,6 +189,12 @@ def build_guard(
                 outbound_failure=TokenExchangeFailed,
             )
         )
+    elif identity.backend_auth is not None:
+        assert secrets.backend_auth_value is not None, "read at startup"
+        stages.append(
+            FixedBackendCredential(identity.backend_auth.header, secrets.backend_auth_value)
+        )
+    stages = [*policy.before, *stages, *policy.after]
     return Guard(stages=stages, resource=resource, health=health), closers
 
 

@@ -27,7 +27,7 @@ class ProxyParts:
     forwarder: Forwarder
     log: structlog.stdlib.BoundLogger
     guard: Guard = field(default_factory=lambda: Guard())
-    """Identity, authorization and audit; empty on an unauthenticated endpoint."""
+    """Identity, authorization and audit; empty when the RunConfig asks for none."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,82 +18,27 @@ from typing import Any
 
 import aiohttp
 import pytest
-from joserfc import jwk, jwt
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
 from tests.conftest import StartBackend, StartProxy
-from tests.helpers import INIT, MCP_HEADERS, tool_text, tools_call
-from tests.identity_fixtures import StartIdp
-from tests.identity_provider import IdentityProvider, Resource, generate_key
-from tests.procs import DemoBackend, Proxy, free_port
+from tests.helpers import INIT, MCP_HEADERS, running_tap, tool_text, tools_call
+from tests.identity_fixtures import (
+    CLIENT,
+    SCOPE,
+    MemoryTokens,
+    OAuthSetup,
+    StartIdp,
+    bearer,
+    call_headers_tool,
+    proxy_metric_sum,
+)
+from tests.identity_provider import Resource, generate_key
+from tests.procs import Proxy, free_port
 from tests.redis_server import RedisServer
 
 pytestmark = [pytest.mark.node, pytest.mark.timeout(90)]
-
-CLIENT = "proxy-client"
-SCOPE = "mcp:tools mcp:read"
-
-
-class OAuthSetup:
-    """A running IdP, the demo backend, and a way to start proxies in front of it."""
-
-    def __init__(
-        self,
-        idp: IdentityProvider,
-        backend: DemoBackend,
-        start_proxy: StartProxy,
-        resource: str,
-        port: int,
-    ) -> None:
-        self.idp = idp
-        self.backend = backend
-        self._start_proxy = start_proxy
-        self.resource = resource
-        self.port = port
-
-    def proxy(
-        self,
-        port: int | None = None,
-        env: dict[str, str] | None = None,
-        **oidc: Any,
-    ) -> Proxy:
-        extra = oidc.pop("config", {})
-        config = {
-            "name": "demo",
-            "remote_url": self.backend.url,
-            "port": port or self.port,
-            "oidc_config": {"issuer": self.idp.issuer, "resource_url": self.resource, **oidc},
-            **extra,
-        }
-        return self._start_proxy(config, env=env)
-
-    async def token(self, scope: str = SCOPE, client: str = CLIENT) -> str:
-        return await self.idp.token(client, resource=self.resource, scope=scope)
-
-    def forge(
-        self,
-        *,
-        header: dict[str, Any] | None = None,
-        key: dict[str, Any] | None = None,
-        **claims: Any,
-    ) -> str:
-        """A JWT the IdP never issued: signed with its current key unless told otherwise."""
-        signing = key or self.idp.keys[0]
-        now = int(time.time())
-        body = {
-            "iss": self.idp.issuer,
-            "aud": self.resource,
-            "sub": "forged",
-            "client_id": CLIENT,
-            "scope": SCOPE,
-            "iat": now,
-            "exp": now + 300,
-            **claims,
-        }
-        head = {"alg": signing["alg"], "kid": signing["kid"], "typ": "at+jwt", **(header or {})}
-        return jwt.encode(head, body, jwk.import_key(signing))
 
 
 @pytest.fixture
@@ -104,18 +49,6 @@ async def oauth(
     resource = f"http://127.0.0.1:{port}/mcp"
     idp = await start_idp(resources={resource: Resource()})
     return OAuthSetup(idp, start_backend("alpha"), start_proxy, resource, port)
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {**MCP_HEADERS, "Authorization": f"Bearer {token}"}
-
-
-async def call_headers_tool(url: str, token: str) -> dict[str, str]:
-    """The headers the backend received with a tools/call, through the SDK client."""
-    http = create_mcp_http_client(headers={"Authorization": f"Bearer {token}"})
-    async with http, Client(streamable_http_client(url, http_client=http), mode="legacy") as client:
-        received: dict[str, str] = json.loads(tool_text(await client.call_tool("headers", {})))
-        return received
 
 
 # --------------------------------------------------------------------- the challenge
@@ -245,15 +178,19 @@ def _compact(header: dict[str, Any], claims: dict[str, Any], sign: Any) -> str:
 async def test_every_bad_token_gets_401_invalid_token_and_never_reaches_the_backend(
     oauth: OAuthSetup,
 ) -> None:
-    proxy = oauth.proxy()
-    async with aiohttp.ClientSession() as http:
-        for what, token in _forgeries(oauth).items():
-            async with http.post(proxy.url, json=INIT, headers=bearer(token)) as response:
-                assert response.status == 401, what
-                assert 'error="invalid_token"' in response.headers["WWW-Authenticate"], what
-                body = await response.text()
-            assert token not in body, what
-    assert "initialize" not in oauth.backend.output()  # the backend logs nothing of ours
+    with running_tap(oauth.backend.url.removesuffix("/mcp")) as tap:
+        proxy = oauth.proxy(config={"remote_url": tap.url})
+        async with aiohttp.ClientSession() as http:
+            for what, token in _forgeries(oauth).items():
+                async with http.post(proxy.url, json=INIT, headers=bearer(token)) as response:
+                    assert response.status == 401, what
+                    assert 'error="invalid_token"' in response.headers["WWW-Authenticate"], what
+                    body = await response.text()
+                assert token not in body, what
+            # The same request with a real token does reach it: the tap is in the path.
+            async with http.post(proxy.url, json=INIT, headers=bearer(await oauth.token())):
+                pass
+    assert [message["method"] for message, _ in tap.seen] == ["initialize"]
     assert all(token not in proxy.output() for token in _forgeries(oauth).values())
 
 
@@ -387,7 +324,7 @@ async def test_the_sdk_oauth_client_starts_from_nothing_but_the_proxy_url(
     from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuthProvider
 
     proxy = oauth.proxy(scopes=["mcp:tools", "mcp:read"])
-    storage = _MemoryTokens()
+    storage = MemoryTokens()
     provider = ClientCredentialsOAuthProvider(
         server_url=proxy.url,
         storage=storage,
@@ -408,35 +345,7 @@ async def test_the_sdk_oauth_client_starts_from_nothing_but_the_proxy_url(
     assert storage.tokens is not None
 
 
-class _MemoryTokens:
-    def __init__(self) -> None:
-        self.tokens: Any = None
-        self.client_info: Any = None
-
-    async def get_tokens(self) -> Any:
-        return self.tokens
-
-    async def set_tokens(self, tokens: Any) -> None:
-        self.tokens = tokens
-
-    async def get_client_info(self) -> Any:
-        return self.client_info
-
-    async def set_client_info(self, client_info: Any) -> None:
-        self.client_info = client_info
-
-
 # --------------------------------------------------------------------- helpers
-
-
-async def proxy_metric_sum(proxy: Proxy, name: str, label: str) -> float:
-    async with aiohttp.ClientSession() as http, http.get(f"{proxy.base}/metrics") as response:
-        text = await response.text()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith(name) and label in line
-    )
 
 
 async def oauth_ready(proxy: Proxy) -> None:
@@ -484,3 +393,25 @@ def test_without_oidc_config_the_startup_log_says_the_endpoint_is_unauthenticate
 ) -> None:
     proxy = start_proxy({"name": "demo", "remote_url": start_backend("alpha").url})
     assert "the MCP endpoint is unauthenticated" in proxy.output()
+
+
+async def test_backend_auth_applies_on_an_unauthenticated_endpoint_too(
+    start_backend: StartBackend, start_proxy: StartProxy
+) -> None:
+    proxy = start_proxy(
+        {
+            "name": "demo",
+            "remote_url": start_backend("alpha").url,
+            "backend_auth": {"header": "X-Backend-Key", "value_env": "BACKEND_KEY"},
+        },
+        env={"BACKEND_KEY": "backend-credential"},
+    )
+    # A client cannot choose the backend's credential by sending the header itself.
+    http = create_mcp_http_client(headers={"X-Backend-Key": "client-chosen"})
+    async with (
+        http,
+        Client(streamable_http_client(proxy.url, http_client=http), mode="legacy") as client,
+    ):
+        received = json.loads(tool_text(await client.call_tool("headers", {})))
+    assert received["x-backend-key"] == "backend-credential"
+    assert "backend-credential" not in proxy.output()

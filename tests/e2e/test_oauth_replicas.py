@@ -14,9 +14,8 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 
 from tests.balancer import balancer
 from tests.conftest import StartBackend, StartProxy
-from tests.e2e.test_identity import CLIENT, SCOPE, _MemoryTokens
 from tests.helpers import tool_text, whoami
-from tests.identity_fixtures import StartIdp
+from tests.identity_fixtures import CLIENT, SCOPE, MemoryTokens, StartIdp
 from tests.identity_provider import Resource
 from tests.procs import eventually, free_port
 from tests.redis_server import RedisServer
@@ -52,7 +51,7 @@ async def test_the_sdk_oauth_client_works_through_two_replicas_sharing_redis(
             await asyncio.to_thread(start_proxy, {**config, "port": port}, env=env)
         await eventually(lambda: len(lb.ready) == 2, 10, "both replicas to be ready")
 
-        storage = _MemoryTokens()
+        storage = MemoryTokens()
         provider = ClientCredentialsOAuthProvider(
             server_url=resource,
             storage=storage,

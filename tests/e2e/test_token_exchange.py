@@ -14,9 +14,14 @@ from joserfc import jwt
 from joserfc.jwk import KeySet
 
 from tests.conftest import StartBackend, StartProxy
-from tests.e2e.test_identity import OAuthSetup, bearer, call_headers_tool, proxy_metric_sum
 from tests.helpers import INIT, http_backend
-from tests.identity_fixtures import StartIdp
+from tests.identity_fixtures import (
+    OAuthSetup,
+    StartIdp,
+    bearer,
+    call_headers_tool,
+    proxy_metric_sum,
+)
 from tests.identity_provider import Client, Resource
 from tests.procs import free_port
 

@@ -113,3 +113,17 @@ class Authentication:
 
 class _Never(Exception):
     """Stands in for an outbound failure type when there is no outbound credential."""
+
+
+class FixedBackendCredential:
+    """``backend_auth`` on an unauthenticated endpoint: the backend still gets its own
+    credential, in place of whatever the client sent in that header."""
+
+    name = "backend-credential"
+
+    def __init__(self, header: str, value: str) -> None:
+        self._edit = HeaderEdit(set_headers=((header, value),))
+
+    async def handle(self, exchange: Exchange, call_next: Next) -> web.StreamResponse:
+        exchange.header_edit = self._edit
+        return await call_next(exchange)
