@@ -40,6 +40,7 @@ IGNORED_FIELDS: Final = (
     "volumes",
     "secrets",
     "serviceAccount",
+    "permissionProfile",
     "podTemplateSpec",
     "resourceOverrides",
     "oidcConfig",
