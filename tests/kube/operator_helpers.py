@@ -2,8 +2,9 @@
 namespace, and readers of what the API server holds.
 
 - ``install_crd(cluster)``: apply config/crd/ as the admin and wait until it is served.
-- ``running_operator(cluster, namespace)``: ``async with`` it: the controller watching
-  ``namespace`` (as the admin), yielding its ``Reconciler`` for direct reconciles.
+- ``running_operator(cluster, namespace, as_user=None)``: ``async with`` it: the controller
+  watching ``namespace`` (as the admin, or impersonating ``as_user``), yielding its
+  ``Reconciler`` for direct reconciles.
 - ``apply_server(cluster, namespace, spec)``, ``read(cluster, namespace, kind, name)``,
   ``status(...)``, ``condition(...)``, ``child_versions(...)``.
 """
@@ -58,8 +59,13 @@ def install_crd(cluster: KubeCluster) -> None:
 
 
 @contextlib.asynccontextmanager
-async def running_operator(cluster: KubeCluster, namespace: str) -> AsyncIterator[Reconciler]:
+async def running_operator(
+    cluster: KubeCluster, namespace: str, *, as_user: str | None = None
+) -> AsyncIterator[Reconciler]:
+    """The controller for ``namespace``, as the admin or (impersonated) ``as_user``."""
     async with admin_api_client(cluster) as api:
+        if as_user is not None:
+            api.set_default_header("Impersonate-User", as_user)
         objects = Objects(api, FIELD_MANAGER)
         log = get_logger().bind(test_operator=namespace)
         reconciler = Reconciler(objects, ProxySettings(image=PROXY_IMAGE), log)

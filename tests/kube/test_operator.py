@@ -11,6 +11,7 @@ import yaml
 
 from proxyrunner.config import parse_config
 from proxyrunner.operator.children import PROXY_ROLE_RULES
+from tests.chart import by_kind, render
 from tests.kube.helpers import ROLE_FILE, KubeCluster
 from tests.kube.operator_helpers import (
     PROXY_IMAGE,
@@ -285,3 +286,33 @@ def test_the_schema_rejects_what_toolhive_rejects(
         assert word in failure.value.body
     with pytest.raises(KubeRequestError):
         kube_cluster.request("GET", server_path(ns, "refused"))
+
+
+async def test_the_operator_works_with_only_the_rbac_the_chart_grants_it(
+    kube_cluster: KubeCluster, crd_namespace: str
+) -> None:
+    ns = crd_namespace
+    docs = render(
+        None, ns, "operator.enabled=true", "server.enabled=false", f"operator.watchNamespace={ns}"
+    )
+    (role,) = [r for r in by_kind(docs, "Role") if not r["metadata"]["name"].endswith("-leader")]
+    rbac = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}"
+    kube_cluster.apply(f"{rbac}/roles/{role['metadata']['name']}", role)
+    user = "operator-under-test"
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "operator", "namespace": ns},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": role["metadata"]["name"],
+        },
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+    }
+    kube_cluster.apply(f"{rbac}/rolebindings/operator", binding)
+    apply_server(kube_cluster, ns, "least", {"image": "ghcr.io/example/l:1", "transport": "sse"})
+    async with running_operator(kube_cluster, ns, as_user=user):
+        # The RBAC authorizer sees the binding a moment later; the retries cover that.
+        await eventually(lambda: observed(kube_cluster, ns, "least", 1), SETTLE, "status")
+    child_versions(kube_cluster, ns, "least")  # every child is there
