@@ -65,12 +65,15 @@ class LeaderElector:
         self._observed: tuple[str, str] | None = None  # (holder, renewTime) last seen
         self._observed_at = 0.0
         self._lease: dict[str, Any] | None = None
+        self.leading = False
+        """True from acquiring the Lease until ``lead()`` has ended."""
 
     async def run(self, lead: Callable[[], Awaitable[None]]) -> None:
         """Wait to become leader, then run ``lead()`` while renewing. Returns when
         ``lead()`` returns (the Lease is released); raises LostLeadership if renewal
         fails first (``lead()`` is cancelled)."""
         await self._acquire()
+        self.leading = True
         self._log.info("became the leader")
         work = asyncio.ensure_future(lead())
         renew = asyncio.ensure_future(self._keep_renewing())
@@ -85,6 +88,7 @@ class LeaderElector:
             for task in (work, renew):
                 task.cancel()
             await asyncio.gather(work, renew, return_exceptions=True)
+            self.leading = False
         await self._release()
 
     async def _acquire(self) -> None:

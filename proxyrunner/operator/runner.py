@@ -74,9 +74,10 @@ async def run_operator(
     election = asyncio.ensure_future(elector.run(lead))
     waiting = asyncio.ensure_future(signals.stop_requested.wait())
     try:
-        # A candidate that is stopped before it leads just goes.
         await asyncio.wait({election, waiting}, return_when=asyncio.FIRST_COMPLETED)
-        if not election.done():
+        # A leader's lead() ends on the same stop request and the elector then releases
+        # the Lease: wait for that. A candidate that is stopped before it leads just goes.
+        if not election.done() and not elector.leading:
             election.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await election

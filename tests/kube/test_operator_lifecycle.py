@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +18,7 @@ from proxyrunner.logging import get_logger
 from proxyrunner.operator.children import FIELD_MANAGER
 from proxyrunner.operator.leader import LeaderElector, LeaseSettings
 from proxyrunner.operator.objects import Objects
-from tests.kube.helpers import KubeCluster, admin_api_client
+from tests.kube.helpers import REPO_ROOT, KubeCluster, KubeRequestError, admin_api_client
 from tests.kube.operator_helpers import (
     apply_server,
     child_names,
@@ -25,7 +29,7 @@ from tests.kube.operator_helpers import (
     running_operator,
     server_path,
 )
-from tests.procs import eventually
+from tests.procs import Proc, eventually, wait_until
 
 pytestmark = [pytest.mark.kube, pytest.mark.timeout(150)]
 
@@ -174,3 +178,51 @@ async def test_two_candidates_never_lead_at_once_and_a_release_hands_over_at_onc
     )
     assert lease["spec"]["leaseTransitions"] >= 1
     assert lease["spec"]["holderIdentity"] == ""
+
+
+def _lease_holder(cluster: KubeCluster, namespace: str) -> str | None:
+    try:
+        lease = cluster.request(
+            "GET", f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/ops"
+        )
+    except KubeRequestError:
+        return None
+    return str(lease["spec"].get("holderIdentity") or "")
+
+
+def test_the_operator_command_leads_reconciles_and_exits_0_on_sigterm_releasing_its_lease(
+    kube_cluster: KubeCluster, crd_namespace: str, tmp_path: Path
+) -> None:
+    ns = crd_namespace
+    apply_server(kube_cluster, ns, "cli", {"image": "ghcr.io/example/c:1", "transport": "sse"})
+    proc = Proc(
+        [
+            sys.executable, "-m", "proxyrunner", "operator",
+            f"--kubeconfig={kube_cluster.admin_kubeconfig}", "--proxy-image=example.invalid/p:1",
+            f"--namespace={ns}", f"--lease-namespace={ns}", "--lease-name=ops",
+            "--identity=cli-test", "--log-format=json",
+        ],
+        tmp_path / "operator.log",
+        {"PYTHONPATH": str(REPO_ROOT)},
+    )  # fmt: skip
+    try:
+        wait_until(lambda: _lease_holder(kube_cluster, ns) == "cli-test", 30, "the Lease taken")
+        wait_until(lambda: observed(kube_cluster, ns, "cli", 1), 30, "the MCPServer reconciled")
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0, proc.output_tail()
+    finally:
+        proc.stop()
+    assert _lease_holder(kube_cluster, ns) == ""  # released: a successor need not wait
+
+
+def test_the_operator_command_without_a_proxy_image_exits_2() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "proxyrunner", "operator"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "PROXYRUNNER_PROXY_IMAGE": ""},
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "--proxy-image" in done.stderr
