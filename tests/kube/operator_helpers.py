@@ -39,7 +39,9 @@ def install_crd(cluster: KubeCluster) -> None:
     while True:
         got = cluster.request("GET", path)
         established = [
-            c for c in got.get("status", {}).get("conditions", []) if c["type"] == "Established"
+            c
+            for c in (got.get("status") or {}).get("conditions") or []
+            if c["type"] == "Established"
         ]
         if established and established[0]["status"] == "True":
             break
