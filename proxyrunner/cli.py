@@ -1,10 +1,13 @@
-"""Command line: ``proxyrunner run``, ``proxyrunner config validate``, ``--version``.
+"""Command line: ``proxyrunner run``, ``proxyrunner operator``, ``proxyrunner config
+validate``, ``--version``.
 
 Exit codes (documented in the README):
-  0  clean exit, including after a graceful drain
+  0  clean exit, including after a graceful drain (operator: after releasing its Lease)
   1  anything unexpected (with a logged traceback), or a forced stop by a second signal
   2  configuration error: the message names the field, the rule and the value
-  3  startup failure: port taken, backend never ready, Redis refused our credentials
+  3  startup failure: port taken, backend never ready, Redis refused our credentials;
+     operator: no API access, or the MCPServer CRD is not installed
+  4  operator only: the leader Lease could not be renewed in time (restart to rejoin)
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import socket
 import sys
+import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -92,6 +97,32 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--drain-timeout", type=_duration_arg, help="e.g. 25s (overrides RunConfig)")
     run.add_argument("--log-format", choices=("json", "console", "auto"), default="auto")
     run.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+
+    operator = commands.add_parser(
+        "operator", help="reconcile MCPServer resources (toolhive.stacklok.dev/v1alpha1)"
+    )
+    operator.add_argument(
+        "--proxy-image",
+        default=os.environ.get("PROXYRUNNER_PROXY_IMAGE"),
+        help="image of the proxy Deployments (default: $PROXYRUNNER_PROXY_IMAGE)",
+    )
+    operator.add_argument("--proxy-image-pull-policy", default="IfNotPresent")
+    operator.add_argument("--namespace", help="watch this namespace only (default: all)")
+    operator.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster)")
+    operator.add_argument("--lease-name", default="proxyrunner-operator")
+    operator.add_argument(
+        "--lease-namespace", help="namespace of the leader Lease (default: the pod's own)"
+    )
+    operator.add_argument("--identity", help="leader election identity (default: pod name)")
+    operator.add_argument("--workers", type=int, default=2)
+    operator.add_argument("--resync", type=_duration_arg, default=300.0)
+    operator.add_argument("--lease-duration", type=_duration_arg, default=15.0)
+    operator.add_argument("--renew-deadline", type=_duration_arg, default=10.0)
+    operator.add_argument("--retry-period", type=_duration_arg, default=2.0)
+    operator.add_argument("--log-format", choices=("json", "console", "auto"), default="auto")
+    operator.add_argument(
+        "--log-level", default="info", choices=("debug", "info", "warning", "error")
+    )
 
     config = commands.add_parser("config", help="work with RunConfig files")
     config_commands = config.add_subparsers(dest="config_command", required=True)
@@ -185,6 +216,47 @@ async def _run(args: argparse.Namespace) -> int:
             await api.close()
 
 
+async def _operate(args: argparse.Namespace) -> int:
+    from proxyrunner.kube.client import open_api_client
+    from proxyrunner.operator.controller import ControllerSettings
+    from proxyrunner.operator.leader import LeaseSettings
+    from proxyrunner.operator.reconcile import ProxySettings
+    from proxyrunner.operator.runner import OperatorSettings, run_operator
+
+    if not args.proxy_image:
+        raise ConfigError("--proxy-image: required (or set PROXYRUNNER_PROXY_IMAGE)")
+    if args.workers < 1:
+        raise ConfigError(f"--workers: must be at least 1, got {args.workers}")
+    identity = (
+        args.identity
+        or os.environ.get("POD_NAME")
+        or (f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}")
+    )
+    try:
+        lease = LeaseSettings(
+            namespace=args.lease_namespace or pod_namespace(os.environ),
+            name=args.lease_name,
+            identity=identity,
+            lease_duration=args.lease_duration,
+            renew_deadline=args.renew_deadline,
+            retry_period=args.retry_period,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    settings = OperatorSettings(
+        proxy=ProxySettings(image=args.proxy_image, pull_policy=args.proxy_image_pull_policy),
+        lease=lease,
+        controller=ControllerSettings(
+            namespace=args.namespace, workers=args.workers, resync=args.resync
+        ),
+    )
+    api = await open_api_client(args.kubeconfig)
+    try:
+        return await run_operator(api, settings, get_logger())
+    finally:
+        await api.close()
+
+
 def _event_loop_runner() -> Callable[[Coroutine[Any, Any, int]], int]:
     try:
         import uvloop
@@ -215,6 +287,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "config":
             return _validate(args.path)
         configure_logging(args.log_format, args.log_level)
+        if args.command == "operator":
+            return _event_loop_runner()(_operate(args))
         return _event_loop_runner()(_run(args))
     except ConfigError as exc:
         sys.stderr.write(f"proxyrunner: {exc}\n")

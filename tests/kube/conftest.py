@@ -6,10 +6,14 @@
   ``PROXYRUNNER_REQUIRE_KUBE=1``, which turns that into a failure.
 - ``kube_namespace`` (function): a fresh namespace in which config/rbac/role.yaml is
   applied and bound to user ``proxyrunner``; deleted afterwards.
+- ``kube_controller_manager`` (session): a real kube-controller-manager against the same
+  apiserver, running only the deployment, replicaset and garbagecollector controllers
+  (Deployments get ReplicaSets, owner references are collected). Only the tests that ask
+  for it start it; skipped like the cluster when it is not built.
 
-There is no controller manager and no kubelet: tests create Pods, EndpointSlices etc. and
-patch statuses themselves. Both processes log to files in the session's tmp dir
-(``cluster.workdir``); the startup error carries the tail of the apiserver log.
+There is no kubelet, and without ``kube_controller_manager`` no controllers: tests create
+Pods, EndpointSlices etc. and patch statuses themselves. The processes log to files in
+the session's tmp dir (``cluster.workdir``); the startup error carries the tail of the log.
 
 Process startup is synchronous on purpose (no session-scoped event loop needed); the
 first test to use the cluster gets extra time for it (see ``pytest_runtest_protocol``).
@@ -21,8 +25,11 @@ import datetime
 import ipaddress
 import os
 import secrets
+import ssl
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
@@ -58,7 +65,7 @@ def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, None, None]:
 
 def _find_binaries() -> dict[str, str]:
     """KUBE_APISERVER/ETCD/HELM from the environment, else from the script's cache."""
-    names = ("KUBE_APISERVER", "ETCD", "HELM")
+    names = ("KUBE_APISERVER", "KUBE_CONTROLLER_MANAGER", "ETCD", "HELM")
     found = {name: os.environ[name] for name in names if os.environ.get(name)}
     if "KUBE_APISERVER" not in found or "ETCD" not in found:
         try:
@@ -363,6 +370,11 @@ def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeClust
             etcd_url=etcd_url,
             workdir=work,
             helm=Path(binaries["HELM"]) if "HELM" in binaries else None,
+            controller_manager=(
+                Path(binaries["KUBE_CONTROLLER_MANAGER"])
+                if "KUBE_CONTROLLER_MANAGER" in binaries
+                else None
+            ),
         )
 
         def apiserver_ready() -> bool:
@@ -388,3 +400,63 @@ def kube_namespace(kube_cluster: KubeCluster, request: pytest.FixtureRequest) ->
         yield name
     finally:
         kube_cluster.delete_namespace(name)
+
+
+# The controllers the operator tests need; nothing that signs certificates or tokens.
+CONTROLLERS = "deployment,replicaset,garbagecollector"
+
+
+@pytest.fixture(scope="session")
+def kube_controller_manager(kube_cluster: KubeCluster) -> Iterator[Path]:
+    """A kube-controller-manager on the test cluster; returns its log file."""
+    binary = kube_cluster.controller_manager
+    if binary is None:
+        message = "kube-controller-manager not built: run scripts/kube-test-env"
+        if os.environ.get("PROXYRUNNER_REQUIRE_KUBE") == "1":
+            pytest.fail(message + " (PROXYRUNNER_REQUIRE_KUBE=1)")
+        pytest.skip(message)
+    port = free_port()
+    log = kube_cluster.workdir / "kube-controller-manager.log"
+    proc = Proc(
+        [
+            str(binary),
+            f"--kubeconfig={kube_cluster.admin_kubeconfig}",
+            f"--authentication-kubeconfig={kube_cluster.admin_kubeconfig}",
+            f"--authorization-kubeconfig={kube_cluster.admin_kubeconfig}",
+            f"--controllers={CONTROLLERS}",
+            "--leader-elect=false",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={port}",
+            f"--cert-dir={kube_cluster.workdir / 'kcm-certs'}",
+            "--concurrent-deployment-syncs=2",
+            "--concurrent-gc-syncs=2",
+            "--v=1",
+        ],
+        log,
+        {},
+    )
+    # /healthz is on the always-allowed paths; the serving certificate is self-signed.
+    insecure = ssl.create_default_context()
+    insecure.check_hostname = False
+    insecure.verify_mode = ssl.CERT_NONE
+
+    def healthy() -> bool:
+        try:
+            with urllib.request.urlopen(
+                f"https://127.0.0.1:{port}/healthz", timeout=2.0, context=insecure
+            ) as answer:
+                return bool(answer.status == 200)
+        except (OSError, urllib.error.URLError):
+            return False
+
+    try:
+        _wait_for(
+            healthy,
+            proc,
+            "kube-controller-manager",
+            time.monotonic() + STARTUP_DEADLINE,
+            log,
+        )
+        yield log
+    finally:
+        proc.stop(timeout=STOP_TIMEOUT)

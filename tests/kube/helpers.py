@@ -65,6 +65,7 @@ class KubeCluster:
     etcd_url: str
     workdir: Path  # data, certificates, kubeconfigs and the logs (etcd.log, kube-apiserver.log)
     helm: Path | None = None  # the helm binary, when scripts/kube-test-env built it
+    controller_manager: Path | None = None  # kube-controller-manager, when built
     proxy_user: str = PROXY_USER
 
     @property
