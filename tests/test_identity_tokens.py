@@ -8,7 +8,7 @@ import asyncio
 import hashlib
 import hmac
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -322,70 +322,73 @@ async def test_token_validator_routes_and_checks_scopes(
     await tokens.close()
 
 
-async def test_a_validated_token_is_not_honoured_past_its_expiry(
+@pytest.fixture
+async def timed(
     http: aiohttp.ClientSession, issuer: FakeIssuer
-) -> None:
+) -> AsyncIterator[tuple[Clock, Callable[..., TokenValidator]]]:
+    """A clock from now, and a maker of validators (JWT key set and cache) that run on it."""
     clock = Clock(time.time())
-    keys = KeySet(http, issuer.url("/jwks"), clock=clock)
-    # No leeway: past exp, only a cache entry that outlived the token could accept it.
-    tokens = TokenValidator(
-        JwtValidator(keys, issuer.issuer, AUDIENCE, leeway=0, clock=clock), clock=clock
-    )
-    token = sign(issuer.keys[0], issuer.claims(exp=int(clock()) + 20), "RS256")
-    try:
-        assert (await tokens.validate(token)).subject == "user-1"
-        clock.advance(15)
-        assert (await tokens.validate(token)).subject == "user-1"
-        clock.advance(10)
-        assert (await refused(tokens, token)).reason == "expired"
-    finally:
+    made: list[TokenValidator] = []
+
+    def make(leeway: float = 30.0, **cache: Any) -> TokenValidator:
+        keys = KeySet(http, issuer.url("/jwks"), clock=clock)
+        jwt = JwtValidator(keys, issuer.issuer, AUDIENCE, leeway=leeway, clock=clock)
+        made.append(TokenValidator(jwt, clock=clock, **cache))
+        return made[-1]
+
+    yield clock, make
+    for tokens in made:
         await tokens.close()
+
+
+async def test_a_validated_token_is_not_honoured_past_its_expiry(
+    issuer: FakeIssuer, timed: tuple[Clock, Callable[..., TokenValidator]]
+) -> None:
+    clock, make = timed
+    # No leeway: past exp, only a cache entry that outlived the token could accept it.
+    tokens = make(leeway=0)
+    token = sign(issuer.keys[0], issuer.claims(exp=int(clock()) + 20), "RS256")
+    assert (await tokens.validate(token)).subject == "user-1"
+    clock.advance(15)
+    assert (await tokens.validate(token)).subject == "user-1"
+    clock.advance(10)
+    assert (await refused(tokens, token)).reason == "expired"
 
 
 async def test_a_withdrawn_signing_key_stops_being_honoured_within_the_cache_ttl(
-    http: aiohttp.ClientSession, issuer: FakeIssuer
+    issuer: FakeIssuer, timed: tuple[Clock, Callable[..., TokenValidator]]
 ) -> None:
-    clock = Clock(time.time())
-    keys = KeySet(http, issuer.url("/jwks"), clock=clock)
-    tokens = TokenValidator(
-        JwtValidator(keys, issuer.issuer, AUDIENCE, clock=clock), cache_ttl=60, clock=clock
-    )
+    clock, make = timed
+    tokens = make(cache_ttl=60)
     withdrawn, kept = issuer.keys[0], issuer.keys[1]
     token = sign(withdrawn, issuer.claims(), "RS256")
-    try:
+    await tokens.validate(token)
+    jwks_fetches = issuer.hits["jwks"]
+    # A warm token costs the issuer nothing.
+    for _ in range(20):
         await tokens.validate(token)
-        jwks_fetches = issuer.hits["jwks"]
-        # A warm token costs the issuer nothing.
-        for _ in range(20):
-            await tokens.validate(token)
-        assert issuer.hits["jwks"] == jwks_fetches
-        issuer.keys.remove(withdrawn)
-        # A token with a new kid makes the key set refetch; the withdrawn key is gone.
-        issuer.keys.append(new_key("RS256", "rsa-2"))
-        clock.advance(11)  # past the key set's refetch rate limit
-        await tokens.validate(sign(issuer.keys[-1], issuer.claims(), "RS256"))
-        assert issuer.hits["jwks"] == jwks_fetches + 1
-        clock.advance(40)
-        assert (await tokens.validate(token)).subject == "user-1"  # still remembered
-        clock.advance(10)
-        assert (await refused(tokens, token)).reason == "unknown_key"
-        assert (await tokens.validate(sign(kept, issuer.claims(), "ES256"))).subject == "user-1"
-    finally:
-        await tokens.close()
+    assert issuer.hits["jwks"] == jwks_fetches
+    issuer.keys.remove(withdrawn)
+    # A token with a new kid makes the key set refetch; the withdrawn key is gone.
+    issuer.keys.append(new_key("RS256", "rsa-2"))
+    clock.advance(11)  # past the key set's refetch rate limit
+    await tokens.validate(sign(issuer.keys[-1], issuer.claims(), "RS256"))
+    assert issuer.hits["jwks"] == jwks_fetches + 1
+    clock.advance(40)
+    assert (await tokens.validate(token)).subject == "user-1"  # still remembered
+    clock.advance(10)
+    assert (await refused(tokens, token)).reason == "unknown_key"
+    assert (await tokens.validate(sign(kept, issuer.claims(), "ES256"))).subject == "user-1"
 
 
 async def test_a_refused_token_is_not_remembered(
-    http: aiohttp.ClientSession, issuer: FakeIssuer
+    issuer: FakeIssuer, timed: tuple[Clock, Callable[..., TokenValidator]]
 ) -> None:
-    clock = Clock(time.time())
-    keys = KeySet(http, issuer.url("/jwks"), clock=clock)
-    tokens = TokenValidator(JwtValidator(keys, issuer.issuer, AUDIENCE, clock=clock), clock=clock)
+    clock, make = timed
+    tokens = make()
     early = new_key("RS256", "rsa-early")
     token = sign(early, issuer.claims(), "RS256")
-    try:
-        assert (await refused(tokens, token)).reason == "unknown_key"
-        issuer.keys.append(early)  # the issuer publishes the key a moment later
-        clock.advance(11)
-        assert (await tokens.validate(token)).subject == "user-1"
-    finally:
-        await tokens.close()
+    assert (await refused(tokens, token)).reason == "unknown_key"
+    issuer.keys.append(early)  # the issuer publishes the key a moment later
+    clock.advance(11)
+    assert (await tokens.validate(token)).subject == "user-1"
