@@ -102,16 +102,20 @@ async def test_clock_skew_within_the_leeway_is_allowed(
     assert (await validator.validate(sign(issuer.keys[0], claims, "RS256"))).subject == "user-1"
 
 
+class FromNow(int):
+    """A time claim relative to when the test runs (params are built at collection, which
+    can be minutes earlier in a full run): negative is in the past."""
+
+
 def _refusals() -> list[Any]:
-    now = int(time.time())
     return [
         pytest.param({"sub": None}, "invalid_token", id="missing-sub"),
         pytest.param({"sub": ""}, "invalid_token", id="empty-sub"),
-        pytest.param({"exp": now - 60}, "expired", id="expired"),
+        pytest.param({"exp": FromNow(-60)}, "expired", id="expired"),
         pytest.param({"exp": None}, "invalid_token", id="no-exp"),
         pytest.param({"exp": "tomorrow"}, "invalid_token", id="exp-not-a-number"),
-        pytest.param({"nbf": now + 120}, "invalid_token", id="nbf-in-the-future"),
-        pytest.param({"iat": now + 120}, "invalid_token", id="iat-in-the-future"),
+        pytest.param({"nbf": FromNow(120)}, "invalid_token", id="nbf-in-the-future"),
+        pytest.param({"iat": FromNow(120)}, "invalid_token", id="iat-in-the-future"),
         pytest.param({"aud": "https://other.example/mcp"}, "wrong_audience", id="wrong-audience"),
         pytest.param({"aud": ["a", "b"]}, "wrong_audience", id="audience-list-without-us"),
         pytest.param({"aud": None}, "wrong_audience", id="no-audience"),
@@ -128,6 +132,8 @@ async def test_claim_refusals(
     for name, value in overrides.items():
         if value is None:
             claims.pop(name, None)
+        elif isinstance(value, FromNow):
+            claims[name] = int(time.time()) + value
         else:
             claims[name] = value
     assert (await refused(validator, sign(issuer.keys[0], claims, "RS256"))).reason == reason
