@@ -5,6 +5,7 @@ after a ``kubectl scale``. (No kubelet: the processes run here, as the proxy ide
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -128,3 +129,38 @@ async def test_in_a_rollout_overlap_the_newer_generation_wins_the_statefulset(
         assert after["metadata"]["generation"] == written
         assert helpers.annotation(after) == "2"
         assert helpers.image(after) == NEW_IMAGE
+
+
+async def test_backend_replicas_dropped_from_the_mcpserver_after_a_scale_keeps_the_scaled_count(
+    kube_cluster: KubeCluster, crd_namespace: str, proxies: list[Proc], tmp_path: Path
+) -> None:
+    ns = crd_namespace
+    spec: dict[str, Any] = {"image": OLD_IMAGE, "transport": "sse", "backendReplicas": 3}
+    apply_server(kube_cluster, ns, "scaled", spec)
+    async with running_operator(kube_cluster, ns):
+        await eventually(lambda: observed(kube_cluster, ns, "scaled", 1), SETTLE, "generation 1")
+        first = start_proxy(kube_cluster, tmp_path, proxies, ns, "scaled-runconfig")
+        assert (await decided(first, 1, "the first proxy's apply"))["event"] == APPLIED
+        assert helpers.read_sts(kube_cluster, ns, "scaled")["spec"]["replicas"] == 3
+
+        # kubectl scale statefulset scaled --replicas=5
+        kube_cluster.request(
+            "PATCH",
+            f"/apis/apps/v1/namespaces/{ns}/statefulsets/scaled/scale",
+            {"spec": {"replicas": 5}},
+            query={"fieldManager": "kubectl"},
+            content_type="application/merge-patch+json",
+        )
+        del spec["backendReplicas"]
+        apply_server(kube_cluster, ns, "scaled", spec)
+        await eventually(lambda: observed(kube_cluster, ns, "scaled", 2), SETTLE, "generation 2")
+        configmap = read(kube_cluster, ns, "ConfigMap", "scaled-runconfig")
+        assert configmap is not None
+        assert "backend_replicas" not in json.loads(configmap["data"][RUNCONFIG_KEY])
+
+        # The rolled proxy pod starts with the new RunConfig and applies its StatefulSet.
+        rolled = start_proxy(kube_cluster, tmp_path, proxies, ns, "scaled-runconfig")
+        assert (await decided(rolled, 1, "the rolled proxy's apply"))["event"] == APPLIED
+    sts = helpers.read_sts(kube_cluster, ns, "scaled")
+    assert helpers.annotation(sts) == "2"  # the new RunConfig was applied...
+    assert sts["spec"]["replicas"] == 5  # ...without taking the count back
