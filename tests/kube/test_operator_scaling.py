@@ -1,5 +1,6 @@
 """Who owns the proxy Deployment's replica count: an HPA (acted on by the real
-kube-controller-manager) when the MCPServer sets none."""
+kube-controller-manager) when the MCPServer sets none, and the operator, which caps a
+stdio server at 1 whatever ``kubectl scale`` did."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from tests.kube.helpers import KubeCluster
 from tests.kube.operator_helpers import (
     apply_server,
+    condition,
     install_crd,
     observed,
     read,
@@ -131,3 +133,32 @@ async def test_an_hpa_scales_the_proxy_deployment_and_the_operator_leaves_its_co
         assert rolled is not None
         assert rolled["metadata"]["generation"] > generation  # the operator did write
         assert rolled["spec"]["replicas"] == 3
+
+
+async def test_a_stdio_proxy_scaled_above_one_is_put_back_to_one_with_its_warning(
+    kube_cluster: KubeCluster, crd_namespace: str
+) -> None:
+    ns = crd_namespace
+    apply_server(
+        kube_cluster,
+        ns,
+        "tty",
+        {"image": "ghcr.io/example/t:1", "transport": "stdio", "replicas": 3},
+    )
+    async with running_operator(kube_cluster, ns):
+        await eventually(lambda: observed(kube_cluster, ns, "tty", 1), SETTLE, "status")
+        assert _replicas(kube_cluster, ns, "tty") == 1
+        # kubectl scale deployment tty --replicas=3
+        kube_cluster.request(
+            "PATCH",
+            f"/apis/apps/v1/namespaces/{ns}/deployments/tty/scale",
+            {"spec": {"replicas": 3}},
+            query={"fieldManager": "kubectl"},
+            content_type="application/merge-patch+json",
+        )
+        await eventually(
+            lambda: _replicas(kube_cluster, ns, "tty") == 1, SETTLE, "the count put back to 1"
+        )
+    capped = condition(read(kube_cluster, ns, "MCPServer", "tty"), "StdioReplicaCapped")
+    assert capped is not None
+    assert (capped["status"], capped["reason"]) == ("True", "StdioTransportCapAt1")
