@@ -7,8 +7,9 @@
 - ``kube_namespace`` (function): a fresh namespace in which config/rbac/role.yaml is
   applied and bound to user ``proxyrunner``; deleted afterwards.
 - ``kube_controller_manager`` (session): a real kube-controller-manager against the same
-  apiserver, running only the deployment, replicaset and garbagecollector controllers
-  (Deployments get ReplicaSets, owner references are collected). Only the tests that ask
+  apiserver, running only the deployment, replicaset, garbagecollector and
+  horizontalpodautoscaling controllers (Deployments get ReplicaSets, owner references are
+  collected, HPAs scale their targets; no metrics API, so only by min/max). Only the tests that ask
   for it start it; skipped like the cluster when it is not built.
 
 There is no kubelet, and without ``kube_controller_manager`` no controllers: tests create
@@ -403,7 +404,7 @@ def kube_namespace(kube_cluster: KubeCluster, request: pytest.FixtureRequest) ->
 
 
 # The controllers the operator tests need; nothing that signs certificates or tokens.
-CONTROLLERS = "deployment,replicaset,garbagecollector"
+CONTROLLERS = "deployment,replicaset,garbagecollector,horizontalpodautoscaling"
 
 
 @pytest.fixture(scope="session")
@@ -430,6 +431,8 @@ def kube_controller_manager(kube_cluster: KubeCluster) -> Iterator[Path]:
             f"--cert-dir={kube_cluster.workdir / 'kcm-certs'}",
             "--concurrent-deployment-syncs=2",
             "--concurrent-gc-syncs=2",
+            # An HPA test waits for the controller's first rescale, not the 15 s default.
+            "--horizontal-pod-autoscaler-sync-period=1s",
             "--v=1",
         ],
         log,
