@@ -5,13 +5,26 @@ Every case here was first reproduced against a live proxy on loopback (issue 10)
 
 from __future__ import annotations
 
+import asyncio
+import json
+import sys
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.conftest import DemoProxy, StartProxy
-from tests.helpers import DEMO_STDIO, MCP_HEADERS, answer_of, raw_initialize, tools_call
+from tests.conftest import DemoProxy, StartBackend, StartProxy
+from tests.helpers import (
+    DEMO_STDIO,
+    MCP_HEADERS,
+    answer_of,
+    raw_initialize,
+    readyz_text,
+    tools_call,
+)
+from tests.procs import Proxy, eventually
+from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -88,3 +101,128 @@ async def test_ids_mcp_allows_and_id_keys_inside_params_pass(demo_proxy: DemoPro
                 answer = await answer_of(response)
             assert answer["id"] == good
             assert answer["result"]["content"][0]["text"] == "fine"
+
+
+# --------------------------------------------------------------- nothing secret in logs
+
+TOKEN = "Bearer hostile-secret-token-4711"
+# Requests aiohttp's parser refuses, each with the token where the parser quotes the bytes
+# around the fault in its exception (the last one: the fault is in the token's own line).
+MALFORMED = [
+    f"POST /mcp HTTP/1.1\r\nHost: x\r\nAuthorization: {TOKEN}\r\nContent-Length: abc\r\n\r\n",
+    f"GET /mcp HTTP/1.1\r\nHost: x\r\nAuthorization: {TOKEN}\r\nBad Header\r\n\r\n",
+    f"GET /mcp HTTP/1.1\r\nHost: x\r\nAuthorization: {TOKEN}\x01x\r\n\r\n",
+]
+
+
+async def _send_raw(proxy: Proxy, raw: str) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    try:
+        writer.write(raw.encode("latin-1"))
+        await writer.drain()
+        return await reader.read()  # the parser's 400, then the close
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+def _parser_rejections(proxy: Proxy) -> int:
+    return sum(
+        "request rejected by the HTTP parser" in str(event.get("event"))
+        for event in proxy.log_events()
+    )
+
+
+async def test_a_request_the_parser_refuses_leaves_no_header_value_in_the_log(
+    demo_proxy: DemoProxy,
+) -> None:
+    proxy = demo_proxy()
+    for raw in MALFORMED:
+        assert (await _send_raw(proxy, raw)).startswith(b"HTTP/1.0 400")
+    await eventually(lambda: _parser_rejections(proxy) == len(MALFORMED), 10, "the log lines")
+    assert "hostile-secret-token" not in proxy.output()
+    line = next(e for e in proxy.log_events() if "HTTP parser" in str(e.get("event")))
+    assert line["level"] == "info"
+    assert "BadHttpMessage" in line["event"] or "InvalidHeader" in line["event"]
+    assert "exception" not in line
+
+
+async def test_backend_urls_are_logged_without_their_userinfo(
+    start_backend: StartBackend, start_proxy: StartProxy
+) -> None:
+    alpha = start_backend("alpha")
+    url = alpha.url.replace("://", "://operator:hunter2-password@")
+    proxy = start_proxy({"name": "demo", "remote_url": url})
+    async with aiohttp.ClientSession() as http:
+        await raw_initialize(http, proxy.url)
+    proxy.stop()
+    assert "backend ready" in [e.get("event") for e in proxy.log_events()]
+    assert "hunter2-password" not in proxy.output()
+    assert "operator" not in proxy.output()
+
+
+async def test_readyz_shows_states_not_addresses(
+    start_backend: StartBackend, start_proxy: StartProxy, redis_server: RedisServer
+) -> None:
+    alpha = start_backend("alpha")
+    config = {
+        "name": "demo",
+        "remote_url": alpha.url,
+        "session_redis": {"address": redis_server.address, "db": 0, "key_prefix": "ready"},
+    }
+    proxy = start_proxy(config, env={"THV_SESSION_REDIS_PASSWORD": redis_server.password})
+    ready = json.loads(await asyncio.to_thread(readyz_text, proxy.base))
+    assert ready["status"] == "ready"
+    assert ready["session_store"] == "redis reachable"
+    assert "1 of 1" in ready["backends"]
+    redis_server.kill()
+    await eventually(lambda: "unreachable" in readyz_text(proxy.base), 15, "redis to be missed")
+    unready = readyz_text(proxy.base)
+    for address in (str(redis_server.port), str(alpha.port), "127.0.0.1"):
+        assert address not in json.dumps(ready) + unready
+
+
+SECRET_ENV = {
+    "THV_SESSION_REDIS_PASSWORD": "redis-secret-1",
+    "TOOLHIVE_SECRET_TOKEN": "toolhive-secret-2",
+    "PROXY_ONLY_SETTING": "not-for-children-3",
+}
+
+
+def _env_printer(out: Path, transport: str) -> list[str]:
+    """A real child that writes its environment to ``out``, then becomes the demo server."""
+    script = (
+        "import json, os, sys; "
+        f"open({str(out)!r}, 'w').write(json.dumps(dict(os.environ))); "
+        "os.execv(sys.executable, [sys.executable, '-m', 'proxyrunner.demo'])"
+    )
+    return [sys.executable, "-c", script]
+
+
+@pytest.mark.parametrize("transport", ["stdio", "streamable-http"])
+async def test_a_child_process_gets_a_minimal_environment_without_the_proxys_secrets(
+    start_proxy: StartProxy, tmp_path: Path, transport: str
+) -> None:
+    out = tmp_path / f"child-env-{transport}.json"
+    config = {
+        "name": "demo",
+        "transport": transport,
+        "cmd_args": _env_printer(out, transport),
+        "env_vars": {"SERVER_SETTING": "configured"},
+    }
+    start_proxy(config, env={**SECRET_ENV, "LC_ALL": "C.UTF-8", "TZ": "UTC"})
+    # A stdio child is started behind a bridge that may be ready first.
+    await eventually(lambda: out.exists() and out.stat().st_size > 0, 15, "the child's env")
+    seen: dict[str, str] = json.loads(out.read_text())
+    for name in SECRET_ENV:
+        assert name not in seen
+    assert not [name for name in seen if name.startswith(("THV_", "TOOLHIVE_"))]
+    assert seen["SERVER_SETTING"] == "configured"
+    assert seen["MCP_TRANSPORT"] == transport
+    assert (seen["LC_ALL"], seen["TZ"]) == ("C.UTF-8", "UTC")
+    assert "PATH" in seen
+    allowed = {"PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "SERVER_SETTING"}
+    transport_vars = {"MCP_TRANSPORT", "MCP_HOST", "MCP_PORT", "PORT", "DEMO_BACKEND_ID"}
+    marker = {"PROXYRUNNER_TEST_RUN"}  # the test run's own env_vars entry (tests/procs.py)
+    extra = set(seen) - allowed - transport_vars - marker
+    assert not {name for name in extra if not name.startswith("LC_")}
