@@ -13,17 +13,20 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from tests.conftest import DemoProxy, StartBackend, StartProxy
 from tests.helpers import (
     DEMO_STDIO,
+    INIT,
     MCP_HEADERS,
     answer_of,
     raw_initialize,
     readyz_text,
+    serving,
     tools_call,
 )
-from tests.procs import Proxy, eventually
+from tests.procs import Proxy, eventually, http_status
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(90)
@@ -226,3 +229,87 @@ async def test_a_child_process_gets_a_minimal_environment_without_the_proxys_sec
     marker = {"PROXYRUNNER_TEST_RUN"}  # the test run's own env_vars entry (tests/procs.py)
     extra = set(seen) - allowed - transport_vars - marker
     assert not {name for name in extra if not name.startswith("LC_")}
+
+
+# ------------------------------------------------------------------- forwarding headers
+
+CLAIMS = {
+    "X-Forwarded-For": "203.0.113.66",
+    "X-Forwarded-Proto": "https",
+    "X-Forwarded-Host": "bank.example",
+    "Forwarded": "for=203.0.113.66;proto=https;host=bank.example",
+}
+FORWARDING = ("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded")
+
+
+async def _what_a_backend_sees(
+    start_proxy: StartProxy, query: str = "", **config: Any
+) -> list[tuple[str, str, dict[str, str]]]:
+    """(method, query string, forwarding headers) of each request a recording backend gets
+    when a client sends CLAIMS and a query of its own: a POST on the pooled client, a
+    DELETE on ClientSession."""
+    seen: list[tuple[str, str, dict[str, str]]] = []
+
+    async def record(request: web.Request) -> web.Response:
+        if request.path == "/":
+            return web.Response(text="up")  # the readiness probe
+        got = {k.lower(): v for k, v in request.headers.items() if k.lower() in FORWARDING}
+        seen.append((request.method, request.query_string, got))
+        if request.method == "DELETE":
+            return web.Response(status=204)
+        response = web.json_response({"jsonrpc": "2.0", "id": 0, "result": {}})
+        response.headers["Mcp-Session-Id"] = "backend-session"
+        return response
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", record)
+    async with serving(app) as base:
+        proxy = start_proxy(
+            {"name": "demo", "remote_url": f"{base}/mcp{query}", **config},
+            wait=False,  # the backend runs on this loop: wait without blocking it
+        )
+        await eventually(lambda: http_status(f"{proxy.base}/readyz") == 200, 30, "the proxy")
+        url = f"{proxy.url}?tenant=client-chosen&debug=1"
+        async with aiohttp.ClientSession() as http:
+            async with http.post(url, json=INIT, headers={**MCP_HEADERS, **CLAIMS}) as r:
+                assert r.status == 200, await r.text()
+                session = r.headers["Mcp-Session-Id"]
+            headers = {**CLAIMS, "Mcp-Session-Id": session}
+            async with http.delete(url, headers=headers) as r:
+                assert r.status == 204
+    return seen
+
+
+async def test_client_forwarding_headers_are_replaced_and_forwarded_is_dropped(
+    start_proxy: StartProxy,
+) -> None:
+    seen = await _what_a_backend_sees(start_proxy)
+    assert [method for method, _, _ in seen] == ["POST", "DELETE"]
+    for method, _, headers in seen:
+        assert headers["x-forwarded-for"] == "127.0.0.1", method
+        assert headers["x-forwarded-proto"] == "http", method
+        assert headers["x-forwarded-host"].startswith("127.0.0.1:"), method
+        assert "forwarded" not in headers, method
+
+
+async def test_a_trusted_proxys_forwarding_headers_are_kept_and_appended_to(
+    start_proxy: StartProxy,
+) -> None:
+    seen = await _what_a_backend_sees(start_proxy, trust_proxy_headers=True)
+    for method, _, headers in seen:
+        assert headers["x-forwarded-for"] == "203.0.113.66, 127.0.0.1", method
+        assert headers["x-forwarded-proto"] == "https", method
+        assert headers["x-forwarded-host"] == "bank.example", method
+        assert headers["forwarded"] == CLAIMS["Forwarded"], method
+
+
+async def test_the_backend_urls_query_is_kept_and_a_clients_is_not_forwarded(
+    start_proxy: StartProxy,
+) -> None:
+    seen = await _what_a_backend_sees(start_proxy, query="?tenant=configured")
+    assert [(method, query) for method, query, _ in seen] == [
+        ("POST", "tenant=configured"),
+        ("DELETE", "tenant=configured"),
+    ]
+    without = await _what_a_backend_sees(start_proxy)
+    assert [query for _, query, _ in without] == ["", ""]
