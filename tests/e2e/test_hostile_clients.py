@@ -20,6 +20,8 @@ from tests.helpers import (
     DEMO_STDIO,
     INIT,
     MCP_HEADERS,
+    META_2026,
+    MODERN,
     answer_of,
     raw_initialize,
     readyz_text,
@@ -313,3 +315,47 @@ async def test_the_backend_urls_query_is_kept_and_a_clients_is_not_forwarded(
     ]
     without = await _what_a_backend_sees(start_proxy)
     assert [query for _, query, _ in without] == ["", ""]
+
+
+# ------------------------------------------------------------ the 2026-07-28 header check
+
+
+async def test_an_older_header_does_not_let_a_2026_body_skip_the_standard_header_check(
+    demo_proxy: DemoProxy,
+) -> None:
+    proxy = demo_proxy()
+    call = tools_call("mixed", text="routed on one value, run on another")
+    call["params"]["_meta"] = META_2026
+    headers = {
+        **MCP_HEADERS,
+        "MCP-Protocol-Version": "2025-06-18",
+        "Mcp-Method": "tools/list",  # what an intermediary acting on headers believes
+    }
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(proxy.url, json=call, headers=headers) as r,
+    ):
+        assert r.status == 400, await r.text()
+        answer = await r.json()
+    assert answer["error"]["code"] == -32020
+    assert answer["id"] == "mixed"
+
+
+@pytest.mark.parametrize("by", ["header", "envelope"])
+async def test_a_batch_in_revision_2026_07_28_is_refused(demo_proxy: DemoProxy, by: str) -> None:
+    proxy = demo_proxy()
+    batch = [
+        {"jsonrpc": "2.0", "id": n, "method": "tools/list", "params": {"_meta": META_2026}}
+        for n in (1, 2)
+    ]
+    headers = {**MCP_HEADERS, "Mcp-Method": "tools/list"}
+    if by == "header":
+        headers["MCP-Protocol-Version"] = MODERN
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(proxy.url, json=batch, headers=headers) as r,
+    ):
+        assert r.status == 400, await r.text()
+        answer = await r.json()
+    assert answer["error"]["code"] == -32600
+    assert "batch" in answer["error"]["message"]
