@@ -14,6 +14,7 @@ from collections.abc import MutableMapping
 from typing import Any, Literal
 
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 
 from proxyrunner.principal import short_hash
 
@@ -42,6 +43,28 @@ def _hash_session_ids(
         if isinstance(value, str):
             event[key] = short_hash(value)
     return event
+
+
+class _ParserErrorsWithoutBytes(logging.Filter):
+    """aiohttp's server logs a request it cannot parse at ERROR with the exception, whose
+    message quotes the raw bytes around the fault: an ``Authorization`` header included.
+    Such a record becomes one line naming the error class and status; the bytes and the
+    traceback (aiohttp's parser, never ours) are dropped. Other records pass unchanged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        while exc is not None and not isinstance(exc, HttpProcessingError):
+            exc = exc.__cause__ or exc.__context__
+        if isinstance(exc, HttpProcessingError):
+            # A client's malformed request is the client's problem: info, not an error.
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg = "request rejected by the HTTP parser: %s (HTTP %s)"
+            record.args = (exc.__class__.__name__, exc.code)
+            record.exc_info = record.exc_text = None
+            record.stack_info = None
+            # The logger let the record through at ERROR; at INFO it must pass the level.
+            return logging.getLogger().isEnabledFor(logging.INFO)
+        return True
 
 
 def configure_logging(fmt: LogFormat = "auto", level: str = "info") -> None:
@@ -86,6 +109,9 @@ def configure_logging(fmt: LogFormat = "auto", level: str = "info") -> None:
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _ParserErrorsWithoutBytes) for f in server.filters):
+        server.addFilter(_ParserErrorsWithoutBytes())
     root.setLevel(numeric)
     # aiohttp's access log would cost a line per request; errors still come through.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

@@ -111,6 +111,19 @@ def tools_call(request_id: int | str, name: str = "echo", **arguments: Any) -> d
     }
 
 
+async def answer_of(response: aiohttp.ClientResponse) -> Any:
+    """The JSON-RPC answer of a POST, whether it came as JSON or as an SSE stream (the
+    first ``data:`` line that holds a message with an id)."""
+    if response.content_type != "text/event-stream":
+        return await response.json()
+    async for line in response.content:
+        if line.startswith(b"data:"):
+            message = json.loads(line[5:])
+            if isinstance(message, dict) and "id" in message:
+                return message
+    raise AssertionError("the event stream ended without an answer")
+
+
 async def raw_initialize(http: aiohttp.ClientSession, url: str) -> str:
     """Initialize a 2025-06-18 session without the SDK; returns its session id."""
     async with http.post(url, json=INIT, headers=MCP_HEADERS) as response:

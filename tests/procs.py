@@ -220,6 +220,11 @@ class Proxy(Proc):
     ) -> None:
         self.port = int(config.get("port") or free_port())
         self.config = {"host": "127.0.0.1", "drain_delay": "0s", **config, "port": self.port}
+        if "cmd_args" in config:
+            # Children get a minimal environment, not the proxy's: the marker that finds
+            # the processes a test left behind must reach them as configured env_vars.
+            env_vars = {MARKER_ENV: MARKER, **config.get("env_vars", {})}
+            self.config["env_vars"] = env_vars
         self.base = f"http://127.0.0.1:{self.port}"
         self.url = f"{self.base}/mcp"
         self.drain_timeout = parse_duration(config.get("drain_timeout", DEFAULT_DRAIN_TIMEOUT))

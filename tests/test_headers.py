@@ -45,7 +45,7 @@ def test_request_headers_drop_hop_by_hop_and_framing_in_any_case() -> None:
     assert out.getall("Mcp-Session-Id") == ["backend-owned"]
     assert out["traceparent"] == "00-abc-def-01"
     assert out["X-Forwarded-Host"] == "proxy.example"
-    assert out["X-Forwarded-For"].startswith("10.0.0.9, ")
+    assert out["X-Forwarded-For"] == ""  # the mocked request has no peer: the client's is gone
     assert out["Accept"] == "application/json, text/event-stream"
 
 
@@ -77,3 +77,18 @@ def test_response_headers_carry_only_the_proxy_session_id() -> None:
     assert out.getall("Mcp-Session-Id") == ["proxy-owned"]
     assert out["Content-Type"] == "application/json"
     assert "Date" not in out
+
+
+def test_a_trusted_proxys_forwarding_headers_are_appended_to_in_both_renderings() -> None:
+    headers = {**CLIENT_HEADERS, "Forwarded": "for=10.0.0.9"}
+    request = make_mocked_request("POST", "/mcp", headers=CIMultiDict(headers))
+    trusted = ForwardedHeaders(request, None, trusted=True)
+    as_bytes = parse_head(trusted.head(b"POST /mcp HTTP/1.1\r\nHost: backend:80\r\n", 0))
+    for out in (trusted.multidict(), as_bytes):
+        assert out["X-Forwarded-For"].startswith("10.0.0.9, ")
+        assert out["Forwarded"] == "for=10.0.0.9"
+    untrusted = ForwardedHeaders(request, None)
+    as_bytes = parse_head(untrusted.head(b"POST /mcp HTTP/1.1\r\nHost: backend:80\r\n", 0))
+    for out in (untrusted.multidict(), as_bytes):
+        assert "Forwarded" not in out
+        assert "10.0.0.9" not in out["X-Forwarded-For"]

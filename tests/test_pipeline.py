@@ -146,7 +146,12 @@ async def test_stages_run_in_the_order_of_the_list(start_backend: StartBackend) 
     backend = start_backend("alpha")
     async for url, parts in serve(backend.url, [Mark("first"), Mark("second")]):
         names = [stage.name for stage in default_stages(parts)]
-        assert names == ["dns-rebinding guard", "body limits", "standard-header check"]
+        assert names == [
+            "dns-rebinding guard",
+            "body limits",
+            "id check",
+            "standard-header check",
+        ]
         async with aiohttp.ClientSession() as http, http.get(url, headers=MCP_HEADERS) as r:
             await r.read()
     assert order == ["first", "second"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxyrunner.mcp.jsonrpc import peek_method
+from proxyrunner.mcp.jsonrpc import MAX_ID_LENGTH, may_carry_odd_id, odd_id, parse_json, peek_method
 from proxyrunner.mcp.revisions import parse_initialize
 
 
@@ -43,3 +43,51 @@ def test_a_tool_call_mentioning_initialize_is_not_an_initialize() -> None:
 def test_non_json_body_raises_value_error() -> None:
     with pytest.raises(ValueError, match="Expecting"):
         parse_initialize(b'{"method":"initialize",')
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"jsonrpc":"2.0","id":[1,2],"result":{}}',
+        b'{"jsonrpc":"2.0","id" : {},"method":"ping"}',
+        b'{"jsonrpc":"2.0","id":1.5,"method":"ping"}',
+        b'{"jsonrpc":"2.0","id":1e3,"method":"ping"}',
+        b'{"jsonrpc":"2.0","id":-2E1,"method":"ping"}',
+        b'{"jsonrpc":"2.0","id":true,"method":"ping"}',
+        b'{"jsonrpc":"2.0","id":NaN,"method":"ping"}',
+        b'{"jsonrpc":"2.0","id":-Infinity,"method":"ping"}',
+        b'{"jsonrpc":"2.0","id":9223372036854775808,"method":"ping"}',
+        b'{"jsonrpc":"2.0","\\u0069\\u0064":[1],"method":"ping"}',
+        b'{"jsonrpc":"2.0","i\\u0064":{},"method":"ping"}',
+        b'[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":[],"method":"ping"}]',
+        b'{"jsonrpc":"2.0","id":"' + b"x" * (MAX_ID_LENGTH + 1) + b'","method":"ping"}',
+        # Escapes make the raw string longer than the decoded one, never shorter.
+        b'{"jsonrpc":"2.0","id":"' + b"\\u0041" * (MAX_ID_LENGTH + 1) + b'","method":"ping"}',
+    ],
+)
+def test_odd_ids_are_caught_by_the_byte_scan_and_refused_by_the_parse(body: bytes) -> None:
+    assert may_carry_odd_id(body)
+    assert odd_id(parse_json(body)) is not None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"jsonrpc":"2.0","id":1,"method":"ping"}',
+        b'{"jsonrpc":"2.0","id":"abc","method":"ping"}',
+        b'{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"x"}}',
+        b'{"jsonrpc":"2.0","method":"notifications/initialized"}',
+        b'{"jsonrpc":"2.0","id":"' + b"x" * MAX_ID_LENGTH + b'","method":"ping"}',
+    ],
+)
+def test_ids_mcp_allows_pass_mostly_without_a_parse(body: bytes) -> None:
+    assert odd_id(parse_json(body)) is None
+    if len(body) < MAX_ID_LENGTH:
+        assert not may_carry_odd_id(body)
+    assert odd_id(parse_json(b'{"id":-9223372036854775808}')) is None  # scanned, allowed
+
+
+def test_an_id_key_inside_params_is_parsed_but_not_refused() -> None:
+    body = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"id":{"a":[1.5]}}}'
+    assert may_carry_odd_id(body)
+    assert odd_id(parse_json(body)) is None

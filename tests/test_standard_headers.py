@@ -43,9 +43,11 @@ def test_a_body_envelope_declares_the_revision_when_the_header_is_missing() -> N
         None, b'{"params":{"_meta":{"io.modelcontextprotocol/protocolVersion":1}}}'
     )
     assert not may_claim_standard_headers(None, b'{"method":"tools/list"}')
-    assert not may_claim_standard_headers(
+    # An older revision in the header does not hide the body's claim.
+    assert may_claim_standard_headers(
         "2025-06-18", b'{"io.modelcontextprotocol/protocolVersion":1}'
     )
+    assert not may_claim_standard_headers("2025-06-18", b'{"method":"tools/list"}')
 
 
 def test_headers_that_mirror_the_body_pass() -> None:

@@ -171,3 +171,38 @@ async def test_the_bridge_refuses_a_host_a_rebinding_page_would_send() -> None:
             assert response.status == 421
         session = await raw_initialize(http, url)
         assert session
+
+
+async def test_the_bridge_refuses_odd_ids_with_400_not_500() -> None:
+    # Its maps are keyed by id: an unhashable one used to be a 500 and a traceback.
+    async with bridged() as (bridge, url), aiohttp.ClientSession() as http:
+        session = await raw_initialize(http, url)
+        for odd in ([1, 2], {}, 1.5, True, "x" * 257):
+            for body in ({"jsonrpc": "2.0", "id": odd, "result": {}}, tools_call(odd)):
+                status, answer = await post(http, url, session, body)
+                assert status == 400, (odd, answer)
+                assert answer["id"] is None
+                assert answer["error"]["code"] == -32600
+        assert bridge.attached
+
+
+async def test_a_server_message_with_an_odd_id_is_dropped_not_fatal() -> None:
+    # A server (third-party code) writes ids the routing maps cannot key, then serves.
+    lines = "\\n".join(
+        [
+            '{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":[1]}}',
+            '{"jsonrpc":"2.0","id":{"a":1},"method":"roots/list"}',
+        ]
+    )
+    odd = (
+        sys.executable,
+        "-c",
+        f"import os, sys; sys.stdout.write('{lines}\\n'); sys.stdout.flush();"
+        " os.execv(sys.executable, [sys.executable, '-m', 'proxyrunner.demo'])",
+    )
+    async with bridged(odd) as (bridge, url), aiohttp.ClientSession() as http:
+        session = await raw_initialize(http, url)
+        status, answer = await post(http, url, session, tools_call(1, "echo", text="fine"))
+        assert status == 200
+        assert answer["result"]["content"][0]["text"] == "fine"
+        assert bridge.attached

@@ -17,7 +17,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 import aiohttp
@@ -40,6 +40,21 @@ _BACKOFF_FIRST: Final = 0.1
 _BACKOFF_MAX: Final = 10.0
 _STABLE_AFTER: Final = 30.0  # a child up this long has its backoff reset
 _STOP_GRACE: Final = 5.0
+
+
+# What a child takes from the proxy's environment besides its configured env_vars: what
+# finding programs, files and the locale needs. Nothing else: the proxy's environment holds
+# its own secrets (THV_SESSION_REDIS_PASSWORD, backend_auth and OIDC client secrets) and
+# the cluster's service addresses, none of which is the server's business.
+_INHERITED: Final = frozenset({"PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR"})
+
+
+def child_environment(parent: Mapping[str, str], configured: Mapping[str, str]) -> dict[str, str]:
+    """The environment a backend child starts with (before its transport variables):
+    ``PATH``, ``HOME``, ``LANG``, ``LC_*``, ``TZ`` and ``TMPDIR`` from ``parent``, then the
+    configured ``env_vars``, which win."""
+    kept = {k: v for k, v in parent.items() if k in _INHERITED or k.startswith("LC_")}
+    return {**kept, **configured}
 
 
 def _free_port(host: str) -> int:
@@ -145,7 +160,7 @@ class LocalBackendDirectory:
             if remaining <= 0:
                 raise StartupError(
                     f"no backend answered within {self._config.backend.start_timeout:g}s "
-                    f"({', '.join(str(s.url) for s in self._slots)})"
+                    f"({', '.join(str(s.url.with_user(None)) for s in self._slots)})"
                 )
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
@@ -169,7 +184,7 @@ class LocalBackendDirectory:
             self._log.info(
                 "backend ready" if slot.ready else "backend not ready",
                 backend=slot.name,
-                url=str(slot.url),
+                url=str(slot.url.with_user(None)),  # userinfo is a credential
             )
             self._metrics.backends_ready.set(sum(s.ready for s in self._slots))
             self._changed.set()
@@ -210,7 +225,8 @@ class LocalBackendDirectory:
     async def _run_child(self, slot: _Slot) -> None:
         backend = self._config.backend
         port = slot.url.port
-        env = {**os.environ, **backend.env_vars, "DEMO_BACKEND_ID": slot.name}
+        env = child_environment(os.environ, backend.env_vars)
+        env["DEMO_BACKEND_ID"] = slot.name
         if slot.bridge is None:
             env.update(
                 MCP_TRANSPORT=backend.transport,

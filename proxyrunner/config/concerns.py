@@ -47,6 +47,11 @@ class ListenConfig:
     max_request_body: int = 8 * 1024 * 1024
     """Largest request body accepted, in bytes (``max_request_body``; 8 MiB), 413 beyond:
     bounds the memory one request can hold."""
+    trust_proxy_headers: bool = False
+    """Whether the client is a proxy whose ``X-Forwarded-*`` and ``Forwarded`` headers
+    backends may believe (``trust_proxy_headers``, ToolHive's name; off). Off, the proxy
+    sets ``X-Forwarded-For/Proto/Host`` from the connection itself and drops
+    ``Forwarded``: a client could otherwise claim any address, scheme or host."""
 
     def __post_init__(self) -> None:
         p = Problems()

@@ -16,6 +16,7 @@ import yaml
 from proxyrunner.config.audit import AUDIT_CONFIG
 from proxyrunner.config.authz import AUTHZ_CONFIG
 from proxyrunner.config.fields import (
+    BOOLEAN,
     DURATION,
     INTEGER,
     JSON_OBJECT,
@@ -72,6 +73,7 @@ FIELDS: Final = (
     JsonField("backend_start_timeout", DURATION, "backend.start_timeout"),
     JsonField("backend_timeout", DURATION, "backend.timeout"),
     JsonField("max_request_body", INTEGER, "listen.max_request_body"),
+    JsonField("trust_proxy_headers", BOOLEAN, "listen.trust_proxy_headers"),
     JsonField("k8s_pod_template_patch", JSON_OBJECT, "kubernetes.pod_template_patch"),
     JsonField("namespace", STRING, "kubernetes.namespace"),
     JsonField("field_manager", STRING, "kubernetes.field_manager"),

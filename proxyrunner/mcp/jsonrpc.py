@@ -64,6 +64,23 @@ LISTEN_METHODS: Final = frozenset({"subscriptions/listen"})
 listen stream of the handshake revisions."""
 INITIALIZED_NOTIFICATION: Final = b'{"jsonrpc":"2.0","method":"notifications/initialized"}'
 
+# Ids: JSON-RPC 2.0 allows a string, a number or null, and says numbers SHOULD NOT have
+# fractional parts; MCP narrows it to a string or an integer. The proxy holds clients to
+# MCP's rule (null stays allowed: it is how an error answers an unreadable request), and
+# bounds both kinds, because ids are echoed into answers, logs and the stdio bridge's maps
+# (an array or object there is unhashable: it used to be a 500).
+MAX_ID_LENGTH: Final = 256
+"""Characters a string id may have."""
+_ID_INT_LIMIT: Final = 2**63
+"""Integer ids must fit a signed 64-bit integer, what every SDK's id type holds."""
+# Cheap pre-check on a raw body, a superset of the odd ids: the "id" key (also spelled with
+# \u escapes, which json.loads decodes) followed by anything other than a short string, a
+# short integer or null. A hit is only a reason to parse: "id" inside params counts too.
+_SUSPECT_ID: Final = re.compile(
+    rb'"(?:i|\\u0069)(?:d|\\u0064)"\s*:\s*'
+    rb'(?:(?!null|"|-?\d)|-?\d+[.eE]|-?\d{19}|"(?:[^"\\]|\\.){%d})' % MAX_ID_LENGTH
+)
+
 # A request's method is near its start; look no further than this.
 _PEEK_LIMIT: Final = 1024
 _METHOD_RE: Final = re.compile(rb'"method"\s*:\s*"([^"\\]{1,64})"')
@@ -108,6 +125,45 @@ def is_request(message: Message) -> bool:
 def is_response(message: Message) -> bool:
     """An answer (result or error) to a request: an id and no method."""
     return "method" not in message and "id" in message
+
+
+def may_carry_odd_id(body: bytes) -> bool:
+    """Whether a raw body might hold a message whose id ``odd_id`` refuses: when False,
+    it certainly does not, and need not be parsed for that."""
+    return _SUSPECT_ID.search(body) is not None
+
+
+def odd_id(parsed: Any) -> str | None:
+    """Why a decoded body (one message or a batch) carries an id MCP does not allow, or
+    None when every id is a string of at most MAX_ID_LENGTH characters, an integer that
+    fits 64 bits, or null. Only the messages' own ids count, not values inside params."""
+    for message in parsed if isinstance(parsed, list) else (parsed,):
+        if not isinstance(message, dict) or "id" not in message:
+            continue
+        value = message["id"]
+        if value is None:
+            continue
+        if isinstance(value, str):
+            if len(value) > MAX_ID_LENGTH:
+                return f"id longer than {MAX_ID_LENGTH} characters"
+            continue
+        # bool is an int in Python: true and false are not ids.
+        if type(value) is int:
+            if -_ID_INT_LIMIT <= value < _ID_INT_LIMIT:
+                continue
+            return "integer id outside the 64-bit range"
+        return f"id must be a string, an integer or null, not {_json_kind(value)}"
+    return None
+
+
+def _json_kind(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, float):
+        return "a number with a fraction or exponent"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
 
 
 def peek_method(body: bytes) -> str:

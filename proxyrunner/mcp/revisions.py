@@ -54,20 +54,18 @@ def envelope(message: Any) -> dict[str, Any] | None:
 
 def may_claim_standard_headers(header: str | None, body: bytes) -> bool:
     """Cheap pre-check on the raw body: can this request claim a revision with standard
-    headers, in its MCP-Protocol-Version header or (header missing) its ``_meta``?"""
-    if header is not None:
-        return has_standard_headers(header)
-    return _VERSION_META_KEY_BYTES in body
+    headers, in its MCP-Protocol-Version header or its ``_meta`` (either counts: a header
+    naming an older revision must not let a 2026-07-28 body skip the check)?"""
+    return has_standard_headers(header) or _VERSION_META_KEY_BYTES in body
 
 
 def claimed_revision(header: str | None, messages: Iterable[Any]) -> str | None:
-    """The 2026-07-28-or-later revision a request claims, if any.
-
-    A request that names a revision in its header is judged by the header alone; without
-    one, the first ``_meta`` envelope that names such a revision counts.
-    """
-    if header is not None:
-        return header if has_standard_headers(header) else None
+    """The 2026-07-28-or-later revision a request claims, if any: its header's, else the
+    first ``_meta`` envelope that names such a revision (whatever the header says: a
+    request whose header names an older revision while its body names 2026-07-28 is held
+    to the later rule, never let through on the header's word)."""
+    if has_standard_headers(header):
+        return header
     for message in messages:
         meta = envelope(message)
         claimed = meta.get(VERSION_META_KEY) if meta is not None else None

@@ -3,9 +3,13 @@
 It owns three decisions, so that no transport makes them differently:
 
 - **Which client.** A client's POST with its body in memory, to a plain ``http://``
-  backend, without a query string, goes over the pooled client (``upstream``): the hot
-  path. Everything else (streamed bodies, GET streams, DELETE, TLS backends, query
-  strings, the proxy's own requests) goes over the process's ``aiohttp.ClientSession``.
+  backend whose URL has no query string, goes over the pooled client (``upstream``): the
+  hot path. Everything else (streamed bodies, GET streams, DELETE, TLS backends, a
+  configured query, the proxy's own requests) goes over the ``aiohttp.ClientSession``.
+- **Which URL.** The backend's configured URL, query string included. A client's query
+  never replaces it, and is not forwarded at all: no MCP route sends one to the backend
+  (the legacy message route's ``session_id`` is the proxy's own, and the backend's
+  message URL, from its endpoint event, carries the backend's).
 - **The deadline.** The backend must send its response headers within
   ``backend_timeout``, on every path, legacy SSE included; an answer the proxy reads
   whole (``fetch``) must be complete by then.
@@ -62,6 +66,7 @@ def _pooled_target(url: URL) -> _PooledTarget | None:
     if url.scheme != "http" or host is None or port is None or authority is None:
         return None
     if url.raw_query_string or url.raw_fragment:
+        # Rare (a query in the configured URL): ClientSession serializes it.
         return None
     start = f"POST {url.raw_path} HTTP/1.1\r\nHost: {authority}\r\n".encode("ascii")
     return _PooledTarget((host, port), start)
@@ -84,6 +89,7 @@ class Forwarder:
         *,
         timeout: float,
         max_body: int,
+        trust_proxy_headers: bool = False,
         metrics: Metrics,
         log: structlog.stdlib.BoundLogger,
     ) -> None:
@@ -91,6 +97,7 @@ class Forwarder:
         self.timeout = timeout
         """Seconds a backend may take to send its response headers (backend_timeout)."""
         self._max_body = max_body
+        self._trust = trust_proxy_headers
         self._errors = metrics.backend_errors
         self._log = log
         self._deadlines = DeadlineWatch()
@@ -104,17 +111,15 @@ class Forwarder:
         *,
         url: URL | None = None,
     ) -> BackendResponse:
-        """Forward a client's request to ``backend`` (at ``url``, else its endpoint with the
-        client's query string); returns once the response headers arrived. The caller
-        relays the body and releases the response."""
+        """Forward a client's request to ``backend`` (at ``url``, else its endpoint);
+        returns once the response headers arrived. The caller relays the body and
+        releases the response."""
         request = exchange.request
         method, body = request.method, exchange.body
-        # raw_path first: query_string parses a URL, which the hot path cannot afford.
-        query = request.query_string if url is None and "?" in request.raw_path else ""
         target_url = backend.url if url is None else url
-        headers = ForwardedHeaders(request, backend_sid, exchange.header_edit)
+        headers = self.headers_for(exchange, backend_sid)
         try:
-            if type(body) is bytes and method == "POST" and not query:
+            if type(body) is bytes and method == "POST":
                 target = self._target(target_url)
                 if target is not None:
                     head = headers.head(target.start, len(body))
@@ -124,13 +129,19 @@ class Forwarder:
             async with self._deadlines.limit(self.timeout):
                 return await self._client.request(
                     method,
-                    target_url.with_query(query) if query else target_url,
+                    target_url,
                     data=data,
                     headers=headers.multidict(),
                     allow_redirects=False,
                 )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise self._failed(exc, backend.name, exchange) from exc
+
+    def headers_for(self, exchange: Exchange, backend_sid: str | None) -> ForwardedHeaders:
+        """The client request's headers as the backend must see them."""
+        return ForwardedHeaders(
+            exchange.request, backend_sid, exchange.header_edit, trusted=self._trust
+        )
 
     async def fetch(
         self,

@@ -3,7 +3,10 @@
 Hop-by-hop headers belong to one connection and never cross the proxy (RFC 9110 7.6.1),
 nor do the framing headers the outgoing message recomputes. The session header is
 rewritten in both directions so that a client only ever sees the proxy's id and a backend
-only its own, and the proxy adds the ``X-Forwarded-*`` headers.
+only its own, and the proxy sets the ``X-Forwarded-*`` headers: from the connection alone
+(the client's are replaced, ``Forwarded`` dropped), unless ``trust_proxy_headers`` says the
+client is a proxy to believe (then its ``X-Forwarded-For`` is appended to, its proto and
+host kept, and ``Forwarded`` passes).
 
 ``ForwardedHeaders`` decides that once per request; the forwarding path renders the
 decision for whichever client sends the request: serialized bytes for the pooled client,
@@ -43,8 +46,11 @@ _REQUEST_DROP: Final = (
     "X-Forwarded-Proto",
     "X-Forwarded-Host",
 )
+# A client that is not a trusted proxy cannot say where a request came from.
+_REQUEST_DROP_UNTRUSTED: Final = (*_REQUEST_DROP, "Forwarded")
 _RESPONSE_DROP: Final = (*_HOP_BY_HOP, "Content-Length", SESSION_HEADER, "Server", "Date")
 _REQUEST_DROP_RAW: Final = frozenset(name.lower().encode() for name in _REQUEST_DROP)
+_REQUEST_DROP_RAW_UNTRUSTED: Final = _REQUEST_DROP_RAW | {b"forwarded"}
 _RESPONSE_DROP_LOWER: Final = frozenset(name.lower() for name in _RESPONSE_DROP)
 # What ClientSession adds when the request lacks them (Accept), so that a backend sees the
 # same request whichever client sent it. Never Accept-Encoding: the proxy relays bodies as
@@ -82,13 +88,23 @@ class HeaderEdit:
 class ForwardedHeaders:
     """A client request's headers as its backend must see them."""
 
-    __slots__ = ("_connection_tokens", "_edit", "_forwarded", "_request", "_session_id")
+    __slots__ = (
+        "_connection_tokens",
+        "_drop",
+        "_drop_raw",
+        "_edit",
+        "_forwarded",
+        "_request",
+        "_session_id",
+    )
 
     def __init__(
         self,
         request: web.Request,
         backend_session_id: str | None,
         edit: HeaderEdit | None = None,
+        *,
+        trusted: bool = False,
     ) -> None:
         incoming = request.headers
         self._request = request
@@ -104,16 +120,23 @@ class ForwardedHeaders:
             raise ValueError("backend session id contains a line break")
         self._session_id = backend_session_id
         peer = request.remote or ""
-        prior = incoming.get("X-Forwarded-For")
-        self._forwarded = (
-            f"{prior}, {peer}" if prior else peer,
-            incoming.get("X-Forwarded-Proto", request.scheme),
-            incoming.get("X-Forwarded-Host", request.host),
-        )
+        self._drop: tuple[str, ...]
+        self._drop_raw: frozenset[bytes]
+        if trusted:
+            prior = incoming.get("X-Forwarded-For")
+            self._forwarded = (
+                f"{prior}, {peer}" if prior else peer,
+                incoming.get("X-Forwarded-Proto", request.scheme),
+                incoming.get("X-Forwarded-Host", request.host),
+            )
+            self._drop, self._drop_raw = _REQUEST_DROP, _REQUEST_DROP_RAW
+        else:
+            self._forwarded = (peer, request.scheme, request.host)
+            self._drop, self._drop_raw = _REQUEST_DROP_UNTRUSTED, _REQUEST_DROP_RAW_UNTRUSTED
 
     def multidict(self) -> CIMultiDict[str]:
         """For ClientSession, which adds its own framing and defaults."""
-        out = _without(self._request.headers, _REQUEST_DROP)
+        out = _without(self._request.headers, self._drop)
         for token in self._connection_tokens:
             out.popall(token, None)
         if self._session_id is not None:
@@ -137,7 +160,7 @@ class ForwardedHeaders:
         Built from the raw header bytes the client sent, so nothing is decoded, copied into
         a multidict and encoded again; those bytes were validated by the server's parser.
         """
-        drop = _REQUEST_DROP_RAW
+        drop = self._drop_raw
         if self._connection_tokens:
             drop = drop | {token.lower().encode() for token in self._connection_tokens}
         edit = self._edit

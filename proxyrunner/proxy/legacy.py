@@ -25,7 +25,7 @@ from proxyrunner.proxy.errors import (
     ServiceUnavailable,
     SessionNotFound,
 )
-from proxyrunner.proxy.headers import ForwardedHeaders, client_response_headers
+from proxyrunner.proxy.headers import client_response_headers
 from proxyrunner.proxy.ownership import SessionOwnership, binding_of
 from proxyrunner.proxy.parts import ProxyParts
 from proxyrunner.proxy.pipeline import Exchange
@@ -150,7 +150,7 @@ class LegacySSE:
         answer = await parts.forwarder.fetch(
             "POST",
             backend.url.join(URL(record.backend_session_id)),
-            ForwardedHeaders(request, None, exchange.header_edit),
+            parts.forwarder.headers_for(exchange, None),
             body,
             backend=backend.name,
             exchange=exchange,

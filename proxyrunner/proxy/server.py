@@ -26,6 +26,7 @@ from proxyrunner.proxy.pipeline import Next, Stage, compose
 from proxyrunner.proxy.relay import Relay
 from proxyrunner.proxy.routing import Router
 from proxyrunner.proxy.stages.body import BodyLimits
+from proxyrunner.proxy.stages.ids import IdCheck
 from proxyrunner.proxy.stages.rebinding import RebindingGuard
 from proxyrunner.proxy.stages.standard_headers import StandardHeaderCheck
 from proxyrunner.proxy.streamable import StreamableHTTP
@@ -42,6 +43,7 @@ def default_stages(parts: ProxyParts) -> list[Stage]:
     return [
         *([RebindingGuard(rule)] if rule.active else []),  # 421 / 403
         BodyLimits(config.listen.max_request_body),  # 413, 400; the body read once
+        IdCheck(),  # odd JSON-RPC ids: 400 / -32600
         StandardHeaderCheck(parts.log),  # 2026-07-28: 400 / -32020
         # With oidc_config / authz_config / audit_config: audit (records every outcome
         # below), authentication (401 / 403 insufficient_scope), authorization (403).

@@ -126,13 +126,13 @@ class RedisLink:
         return self._last_error
 
     def health(self) -> StoreHealth:
+        # States only: /readyz answers anyone who reaches the pod, and the address is
+        # in the config (and in the startup log) for the operator.
         if self._up:
-            return StoreHealth(True, f"redis at {self.address}")
+            return StoreHealth(True, "redis reachable")
         if self._last_error == _AUTH_FAILED:
-            return StoreHealth(
-                False, f"redis at {self.address} refused our credentials ({_AUTH_FAILED})"
-            )
-        return StoreHealth(False, f"redis at {self.address} unreachable ({self._last_error})")
+            return StoreHealth(False, f"redis refused our credentials ({_AUTH_FAILED})")
+        return StoreHealth(False, f"redis unreachable ({self._last_error})")
 
     def mark_up(self) -> None:
         if not self._up:

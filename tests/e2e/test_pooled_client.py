@@ -202,8 +202,9 @@ async def test_large_answers_arrive_intact(start_proxy: StartProxy) -> None:
 async def test_backend_sees_the_same_headers_from_either_client_path(
     start_proxy: StartProxy,
 ) -> None:
-    # A query string sends a POST through aiohttp's ClientSession; without one it takes
-    # the pooled client. The backend must not be able to tell the two apart.
+    # A query string in the backend's URL sends a POST through aiohttp's ClientSession;
+    # without one it takes the pooled client. The backend must not be able to tell the
+    # two apart.
     seen: list[list[tuple[str, str]]] = []
 
     async def record(request: web.Request) -> web.Response:
@@ -212,7 +213,16 @@ async def test_backend_sees_the_same_headers_from_either_client_path(
             response = web.json_response({"jsonrpc": "2.0", "id": 0, "result": {}})
             response.headers["Mcp-Session-Id"] = "backend-session"
             return response
-        seen.append(sorted((name.lower(), value) for name, value in request.headers.items()))
+        # Two proxies, two ports: X-Forwarded-Host differs by its port alone.
+        seen.append(
+            sorted(
+                (
+                    name.lower(),
+                    value.rsplit(":", 1)[0] if name.lower() == "x-forwarded-host" else value,
+                )
+                for name, value in request.headers.items()
+            )
+        )
         return web.json_response({"jsonrpc": "2.0", "id": 1, "result": {}})
 
     hop_by_hop = {
@@ -230,9 +240,16 @@ async def test_backend_sees_the_same_headers_from_either_client_path(
         skip_auto_headers=("Accept", "Accept-Encoding", "Content-Type", "User-Agent")
     )
     async with http_backend(record) as port, aiohttp.ClientSession() as http, bare:
-        proxy = await start(start_proxy, port)
-        async with http.post(proxy.url, json=INIT, headers=MCP_HEADERS) as response:
-            session_id = response.headers["Mcp-Session-Id"]
+        pooled_proxy = await start(start_proxy, port)
+        queried = await asyncio.to_thread(
+            start_proxy,
+            {"name": "demo", "remote_url": f"http://127.0.0.1:{port}/mcp?via=client-session"},
+        )
+        sessions = {}
+        for proxy in (pooled_proxy, queried):
+            async with http.post(proxy.url, json=INIT, headers=MCP_HEADERS) as response:
+                sessions[proxy.url] = response.headers["Mcp-Session-Id"]
+        session_id = "<per proxy>"
         cases: list[tuple[aiohttp.ClientSession, dict[str, str]]] = [
             (http, MCP_HEADERS),
             (http, {**MCP_HEADERS, "Mcp-Session-Id": session_id}),
@@ -243,9 +260,12 @@ async def test_backend_sees_the_same_headers_from_either_client_path(
         ]
         for client, headers in cases:
             seen.clear()
-            for url in (proxy.url, f"{proxy.url}?via=client-session"):
+            for url, own in sessions.items():
+                sent = (
+                    {**headers, "Mcp-Session-Id": own} if "Mcp-Session-Id" in headers else headers
+                )
                 async with client.post(
-                    url, data=b'{"jsonrpc":"2.0","id":1,"method":"ping"}', headers=headers
+                    url, data=b'{"jsonrpc":"2.0","id":1,"method":"ping"}', headers=sent
                 ) as response:
                     assert response.status == 200
             pooled, client_session = seen
@@ -260,5 +280,6 @@ async def test_backend_sees_the_same_headers_from_either_client_path(
             else:
                 assert "mcp-session-id" not in names
             if "X-Forwarded-For" in headers:
-                assert ("x-forwarded-for", "10.1.2.3, 127.0.0.1") in pooled
+                # Not a trusted proxy (trust_proxy_headers is off): the client's is replaced.
+                assert ("x-forwarded-for", "127.0.0.1") in pooled
                 assert ("x-custom", "crosses") in pooled

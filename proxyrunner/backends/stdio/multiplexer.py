@@ -186,8 +186,14 @@ class Multiplexer:
             self._log.debug("stdio server wrote a non-JSON line", line=line[:200])
             return
         for message in parsed if isinstance(parsed, list) else [parsed]:
-            if isinstance(message, dict):
-                self._route(message)
+            if not isinstance(message, dict):
+                continue
+            if jsonrpc.odd_id(message) is not None:
+                # Ids key the routing maps: an unhashable one would end the reader loop,
+                # and no client could be answered with it anyway.
+                self._log.warning("stdio server sent a message with an invalid id; dropped")
+                continue
+            self._route(message)
 
     def _send(self, message: Message) -> bool:
         if self._outgoing is None:
@@ -215,7 +221,8 @@ class Multiplexer:
         elif method == "notifications/cancelled":
             params = message.get("params")
             asked = params.get("requestId") if isinstance(params, dict) else None
-            session = self._server_requests.pop(asked, None)
+            hashable = isinstance(asked, str | int)
+            session = self._server_requests.pop(asked, None) if hashable else None
             if session is not None:
                 session.outbox.put(message)
         else:

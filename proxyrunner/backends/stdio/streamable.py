@@ -46,6 +46,10 @@ async def read_messages(
     messages = parsed if batch else [parsed]
     if not messages or not all(isinstance(m, dict) and m.get("jsonrpc") == "2.0" for m in messages):
         return error_response(400, jsonrpc.INVALID_REQUEST, "not a JSON-RPC 2.0 message")
+    reason = jsonrpc.odd_id(parsed)
+    if reason is not None:
+        # The multiplexer keys its maps by id: an unhashable one must not get that far.
+        return error_response(400, jsonrpc.INVALID_REQUEST, f"Invalid Request: {reason}")
     if not mux.attached:
         return server_not_running()
     return messages, batch
