@@ -135,6 +135,13 @@ def _env(server: Server) -> list[dict[str, Any]]:
                 },
             }
         )
+    for variable, ref in server.secret_env:
+        env.append(
+            {
+                "name": variable,
+                "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
+            }
+        )
     return sorted(env, key=lambda e: str(e["name"]))
 
 
@@ -170,6 +177,7 @@ def deployment_body(
         "volumeMounts": [
             {"name": "runconfig", "mountPath": RUNCONFIG_DIR, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - an emptyDir in the pod
+            *({"name": m.volume, "mountPath": m.path, "readOnly": True} for m in server.mounts),
         ],
     }
     if resources:
@@ -197,6 +205,7 @@ def deployment_body(
             "volumes": [
                 {"name": "runconfig", "configMap": {"name": configmap_name(server.name)}},
                 {"name": "tmp", "emptyDir": {}},
+                *({"name": m.volume, "configMap": {"name": m.config_map}} for m in server.mounts),
             ],
         },
     }

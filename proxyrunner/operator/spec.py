@@ -27,6 +27,9 @@ from proxyrunner.config import (
     dump_json,
 )
 from proxyrunner.errors import ConfigError
+from proxyrunner.operator.identity import Mount, SecretKey, read_identity
+
+__all__ = ["Mount", "SecretKey", "Server", "read_server"]
 
 GROUP: Final = "toolhive.stacklok.dev"
 VERSION: Final = "v1alpha1"
@@ -43,26 +46,14 @@ IGNORED_FIELDS: Final = (
     "permissionProfile",
     "podTemplateSpec",
     "resourceOverrides",
-    "oidcConfig",
-    "oidcConfigRef",
-    "authzConfig",
-    "audit",
     "telemetry",
     "telemetryConfigRef",
     "tools",
     "toolConfigRef",
-    "externalAuthConfigRef",
-    "authServerRef",
     "rateLimiting",
     "groupRef",
     "endpointPrefix",
 )
-
-
-@dataclass(frozen=True, slots=True)
-class SecretKey:
-    name: str
-    key: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +72,10 @@ class Server:
     requested_replicas: int | None
     requested_backend_replicas: int | None
     password: SecretKey | None
+    secret_env: tuple[tuple[str, SecretKey], ...]
+    """Identity secrets for the proxy's env: (variable, Secret key)."""
+    mounts: tuple[Mount, ...]
+    """ConfigMaps the proxy pod mounts (policies, the IdP's CA)."""
     ignored: tuple[str, ...]
     """ToolHive fields present in the spec that proxyrunner does not act on."""
 
@@ -149,9 +144,12 @@ def read_server(resource: Mapping[str, Any]) -> Server:
         if resources
         else None
     )
+    name = str(meta.get("name") or "")
+    namespace = str(meta.get("namespace") or "")
+    identity = read_identity(spec, _service_url(name, namespace, proxy_port))
     try:
         config = RunConfig(
-            name=str(meta.get("name") or ""),
+            name=name,
             backend=BackendConfig(
                 transport=transport,  # type: ignore[arg-type] # validated by BackendConfig
                 proxy_mode=str(spec.get("proxyMode") or "streamable-http"),  # type: ignore[arg-type]
@@ -168,6 +166,8 @@ def read_server(resource: Mapping[str, Any]) -> Server:
                 namespace=str(meta.get("namespace") or "") or None, pod_template_patch=patch
             ),
             mcpserver_generation=int(meta.get("generation") or 0),
+            identity=identity.identity,
+            policy=identity.policy,
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"spec: {exc}") from exc
@@ -182,8 +182,17 @@ def read_server(resource: Mapping[str, Any]) -> Server:
         requested_replicas=requested,
         requested_backend_replicas=requested_backend,
         password=password,
+        secret_env=identity.secret_env,
+        mounts=identity.mounts,
         ignored=tuple(f for f in IGNORED_FIELDS if spec.get(f) not in (None, "", [], {})),
     )
+
+
+def _service_url(name: str, namespace: str, port: int) -> str:
+    """The proxy Service's in-cluster MCP URL (ToolHive's default resource URL)."""
+    # The name children.proxy_service_name gives the Service (not imported: children
+    # imports this module).
+    return f"http://mcp-{name}-proxy.{namespace or 'default'}.svc.cluster.local:{port}/mcp"
 
 
 def _resources(value: object) -> dict[str, dict[str, str]]:
