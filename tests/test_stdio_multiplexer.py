@@ -196,46 +196,191 @@ async def test_a_server_ping_is_answered_without_a_client(mux: Multiplexer) -> N
     assert server.written() == [{"jsonrpc": "2.0", "id": 77, "result": {}}]
 
 
-async def test_a_server_request_goes_to_the_stream_of_the_newest_request(
+def ask(server_id: Any = 3, method: str = "elicitation/create") -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": server_id, "method": method, "params": {"message": "?"}}
+
+
+def answer(bridge_id: Any) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": bridge_id, "result": {"action": "accept"}}
+
+
+async def test_a_server_request_reaches_its_cause_under_a_minted_id_and_is_answered_back(
     mux: Multiplexer,
 ) -> None:
     server = Server(mux)
     session = mux.new_session()
-    pending = mux.open(session, call(1, tool="sleep"), "stream")
+    pending = mux.open(session, call(1, tool="ask"), "stream")
     server.written()
-    ask = {"jsonrpc": "2.0", "id": 3, "method": "sampling/createMessage", "params": {}}
-    server.say(ask)
-    assert pending.related.pending() == [ask]
-    # The client's answer goes back to the server as it is.
-    mux.from_client(session, {"jsonrpc": "2.0", "id": 3, "result": {"content": {}}})
-    assert server.written() == [{"jsonrpc": "2.0", "id": 3, "result": {"content": {}}}]
+    server.say(ask(3))
+    (delivered,) = pending.related.pending()
+    assert delivered["method"] == "elicitation/create"
+    assert isinstance(delivered["id"], str)
+    assert len(delivered["id"]) > 20
+    assert mux.refusal(session, answer(delivered["id"])) is None
+    mux.from_client(session, answer(delivered["id"]))
+    assert server.written() == [answer(3)]
 
 
-async def test_a_server_request_with_nothing_in_flight_goes_to_the_latest_session(
+async def test_answers_from_another_session_or_to_unknown_ids_are_refused_and_never_sent(
     mux: Multiplexer,
 ) -> None:
     server = Server(mux)
-    older, newer = mux.new_session(), mux.new_session()
-    ask = {"jsonrpc": "2.0", "id": 4, "method": "roots/list"}
-    server.say(ask)
-    assert newer.outbox.pending() == [ask]
-    assert older.outbox.pending() == []
+    a, b = mux.new_session(), mux.new_session()
+    mux.open(a, call(1, tool="ask"), "json")
+    server.written()
+    server.say(ask(3))
+    (delivered,) = a.outbox.pending()
+    for who, forged in [(b, answer(delivered["id"])), (a, answer(3)), (a, answer("x"))]:
+        assert mux.refusal(who, forged) is not None
+        mux.from_client(who, forged)
+    assert mux.refusal(mux.sessionless(), answer(delivered["id"])) is not None
+    assert server.written() == []
+    assert b.outbox.pending() == []
 
 
-async def test_a_server_request_with_no_client_at_all_gets_an_error(mux: Multiplexer) -> None:
+async def test_a_server_request_while_two_sessions_are_in_flight_waits_for_one_to_end(
+    mux: Multiplexer,
+) -> None:
     server = Server(mux)
-    server.say({"jsonrpc": "2.0", "id": 4, "method": "roots/list"})
-    (answer,) = server.written()
-    assert answer["id"] == 4
-    assert answer["error"]["code"] == jsonrpc.INTERNAL_ERROR
+    a, b = mux.new_session(), mux.new_session()
+    mux.open(a, call(1, tool="ask"), "json")
+    newest = mux.open(b, call(1, tool="sleep"), "json")
+    sent = server.written()
+    server.say(ask(3))
+    assert a.outbox.pending() == b.outbox.pending() == []
+    # B's call ends, so it was not waiting on the question: it was A's.
+    server.say(result(sent[1]["id"], "slept"))
+    assert newest.done.done()
+    assert [m["method"] for m in a.outbox.pending()] == ["elicitation/create"]
+    assert b.outbox.pending() == []
 
 
-async def test_notifications_that_answer_nothing_reach_every_session(mux: Multiplexer) -> None:
+async def test_a_server_request_whose_cause_stays_ambiguous_gets_an_error_not_a_guess() -> None:
+    mux = Multiplexer("test", LOG, ask_hold=0.0)
+    server = Server(mux)
+    a, b = mux.new_session(), mux.new_session()
+    mux.open(a, call(1, tool="ask"), "json")
+    mux.open(b, call(1, tool="ask"), "json")
+    server.written()
+    server.say(ask(3))
+    refused = json.loads(await asyncio.wait_for(server.queue.get(), 5))
+    assert refused["id"] == 3
+    assert refused["error"]["code"] == jsonrpc.INTERNAL_ERROR
+    assert a.outbox.pending() == b.outbox.pending() == []
+
+
+async def test_a_server_request_whose_possible_causes_are_cancelled_gets_an_error(
+    mux: Multiplexer,
+) -> None:
+    server = Server(mux)
+    a, b = mux.new_session(), mux.new_session()
+    first, second = mux.open(a, call(1), "json"), mux.open(b, call(1), "json")
+    server.written()
+    server.say(ask(3))
+    mux.close(first)
+    # A cancelled call may be the one asking: B, still in flight, is not told.
+    assert b.outbox.pending() == []
+    mux.close(second)
+    assert a.outbox.pending() == b.outbox.pending() == []
+    (refused,) = [m for m in server.written() if m.get("id") == 3]
+    assert refused["error"]["code"] == jsonrpc.INTERNAL_ERROR
+
+
+async def test_a_server_request_with_nothing_in_flight_goes_only_to_a_lone_session(
+    mux: Multiplexer,
+) -> None:
+    server = Server(mux)
+    lone = mux.new_session()
+    server.say(ask(4, "roots/list"))
+    assert [m["method"] for m in lone.outbox.pending()] == ["roots/list"]
+    mux.new_session()
+    server.say(ask(5, "roots/list"))
+    (refused,) = server.written()
+    assert refused["id"] == 5
+    assert refused["error"]["code"] == jsonrpc.INTERNAL_ERROR
+
+
+async def test_a_server_request_caused_by_a_sessionless_request_gets_an_error(
+    mux: Multiplexer,
+) -> None:
+    server = Server(mux)
+    mux.open(mux.sessionless(), call(1, tool="ask"), "stream")
+    server.written()
+    server.say(ask(6))
+    (refused,) = server.written()
+    assert refused["id"] == 6
+    assert "error" in refused
+
+
+async def test_a_server_request_to_a_session_that_ends_gets_an_error(mux: Multiplexer) -> None:
+    server = Server(mux)
+    session = mux.new_session()
+    mux.open(session, call(1, tool="ask"), "json")
+    server.written()
+    server.say(ask(7))
+    mux.drop(session)
+    assert [m["error"]["code"] for m in server.written() if m.get("id") == 7] == [
+        jsonrpc.INTERNAL_ERROR
+    ]
+
+
+async def test_a_server_cancel_of_its_request_reaches_that_session_under_the_minted_id(
+    mux: Multiplexer,
+) -> None:
+    server = Server(mux)
+    session, other = mux.new_session(), mux.new_session()
+    mux.open(session, call(1, tool="ask"), "json")
+    server.written()
+    server.say(ask(8))
+    (delivered,) = session.outbox.pending()
+    server.say({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 8}})
+    cancel = session.outbox.pending()[-1]
+    assert cancel["params"]["requestId"] == delivered["id"]
+    assert other.outbox.pending() == []
+    assert mux.refusal(session, answer(delivered["id"])) is not None
+
+
+async def test_only_list_changed_notifications_reach_every_session(mux: Multiplexer) -> None:
     server = Server(mux)
     sessions = [mux.new_session() for _ in range(3)]
     changed = {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}
     server.say(changed)
     assert [s.outbox.pending() for s in sessions] == [[changed]] * 3
+
+
+async def test_log_messages_go_to_the_one_session_in_flight_and_are_dropped_when_unclear(
+    mux: Multiplexer,
+) -> None:
+    server = Server(mux)
+    a, b = mux.new_session(), mux.new_session()
+    log = {"jsonrpc": "2.0", "method": "notifications/message", "params": {"data": "x"}}
+    mux.open(a, call(1), "json")
+    server.say(log)
+    assert (a.outbox.pending(), b.outbox.pending()) == ([log], [])
+    mux.open(b, call(1), "json")
+    server.say(log)
+    assert (a.outbox.pending(), b.outbox.pending()) == ([log], [])
+
+
+async def test_resource_updates_reach_only_the_sessions_that_subscribed(mux: Multiplexer) -> None:
+    server = Server(mux)
+    a, b = mux.new_session(), mux.new_session()
+    subscribe = {"jsonrpc": "2.0", "id": 1, "method": "resources/subscribe"}
+    mux.open(a, dict(subscribe, params={"uri": "demo://readme"}), "json")
+    updated = {
+        "jsonrpc": "2.0",
+        "method": "notifications/resources/updated",
+        "params": {"uri": "demo://readme"},
+    }
+    server.say(updated)
+    assert (a.outbox.pending(), b.outbox.pending()) == ([updated], [])
+
+
+async def test_notifications_and_answers_without_a_session_are_refused(mux: Multiplexer) -> None:
+    Server(mux)
+    note = {"jsonrpc": "2.0", "method": "notifications/roots/list_changed"}
+    assert mux.refusal(mux.sessionless(), note) is not None
+    assert mux.refusal(mux.new_session(), note) is None
 
 
 async def test_lines_that_are_not_json_rpc_are_skipped(mux: Multiplexer) -> None:

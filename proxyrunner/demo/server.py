@@ -15,9 +15,15 @@ import json
 import os
 import sys
 
+from mcp import types
 from mcp.server.mcpserver import Context, MCPServer
+from pydantic import BaseModel
 
 _MAX_SLEEP = 60.0
+
+
+class Answer(BaseModel):
+    answer: str
 
 
 def build_server(identity: str) -> MCPServer:
@@ -44,6 +50,28 @@ def build_server(identity: str) -> MCPServer:
         seconds = max(0.0, min(float(seconds), _MAX_SLEEP))
         await asyncio.sleep(seconds)
         return f"slept {seconds:g}s"
+
+    @server.tool()
+    async def ask(question: str, ctx: Context, delay: float = 0.0) -> str:
+        """Report progress 0, wait ``delay`` seconds (at most 60), then ask the client's
+        user the question (elicitation) and return the answer, or how they declined."""
+        await ctx.report_progress(0, 1)
+        await asyncio.sleep(max(0.0, min(float(delay), _MAX_SLEEP)))
+        result = await ctx.elicit(question, Answer)
+        return result.data.answer if result.action == "accept" else result.action
+
+    @server.tool()
+    async def sample(prompt: str, ctx: Context, delay: float = 0.0) -> str:
+        """Report progress 0, wait ``delay`` seconds (at most 60), then ask the client's
+        model for a completion of the prompt (sampling) and return its text."""
+        await ctx.report_progress(0, 1)
+        await asyncio.sleep(max(0.0, min(float(delay), _MAX_SLEEP)))
+        message = types.SamplingMessage(
+            role="user", content=types.TextContent(type="text", text=prompt)
+        )
+        result = await ctx.request_context.session.create_message([message], max_tokens=100)
+        content = result.content
+        return content.text if isinstance(content, types.TextContent) else str(content)
 
     @server.tool()
     def headers(ctx: Context) -> str:

@@ -18,6 +18,7 @@ from proxyrunner.backends.stdio.streamable import (
     read_messages,
     server_not_running,
 )
+from proxyrunner.http_answers import error_response
 from proxyrunner.mcp import jsonrpc
 from proxyrunner.mcp.jsonrpc import Message
 from proxyrunner.tasks import Supervisor
@@ -54,6 +55,10 @@ class LegacyFace:
         read = await read_messages(request, mux)
         if isinstance(read, web.Response):
             return read
+        for message in read[0]:
+            refused = None if jsonrpc.is_request(message) else mux.refusal(session, message)
+            if refused is not None:
+                return error_response(400, jsonrpc.INVALID_REQUEST, refused)
         for message in read[0]:
             if message.get("method") == "initialize":
                 # The answer goes on the stream, so the POST does not wait for it.

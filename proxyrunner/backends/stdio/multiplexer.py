@@ -11,10 +11,14 @@ lets many sessions share it:
   prefix, counter) and restored on the way back, so two clients that both use id 1 never
   see each other's answers, and neither do two proxy replicas attached to the same
   container (an attached container's stdout reaches every attached stream).
-- **Server messages that answer nothing** are routed: progress to the request that asked
-  for it; server requests (sampling, elicitation, roots) to the newest request in flight,
-  else to the most recently active session; other notifications (log messages, list
-  changes, resource updates) to every session. A server ``ping`` is answered here.
+- **Server messages are kept to the session they concern.** Progress goes to the request
+  that asked for it; server requests (sampling, elicitation, roots) to the session whose
+  request caused them, under ids minted here, and only that session's answer reaches the
+  server (``asks``); log messages and other request-scoped notifications to the one
+  session with requests in flight (dropped when there are several: the server gives no
+  link); resource updates to the sessions that subscribed; only ``list_changed``
+  notifications, which concern everyone, to every session. A server ``ping`` is
+  answered here.
 - **When the server ends** (``detach``: process exit, attach stream closed), requests in
   flight fail and every session is forgotten, so the data path's next request for one
   gets 404 and re-initializes it, on the restarted server or another backend.
@@ -38,6 +42,7 @@ from typing import Any, Final, Literal
 
 import structlog
 
+from proxyrunner.backends.stdio.asks import DEFAULT_HOLD, Asks
 from proxyrunner.backends.stdio.outbox import Outbox
 from proxyrunner.mcp import jsonrpc
 from proxyrunner.mcp.jsonrpc import Message
@@ -46,7 +51,6 @@ Mode = Literal["json", "stream", "legacy"]
 """How the client takes the answer: one JSON body, an SSE stream of its own (which also
 carries the request's progress and server requests), or the legacy session stream."""
 
-_SERVER_REQUESTS_LIMIT: Final = 1000
 DEFAULT_MAX_SESSIONS: Final = 10_000
 
 
@@ -71,6 +75,8 @@ class Session:
     streams: int = 0
     """Client streams reading the outbox now (an idle session with one is kept)."""
     pending: dict[str, Pending] = field(default_factory=dict)
+    subscriptions: set[str] = field(default_factory=set)
+    """Resource URIs the session subscribed to: where ``resources/updated`` goes."""
 
 
 @dataclass(eq=False)
@@ -88,6 +94,10 @@ class Pending:
     progress_token: str | None = None
     original_token: Any = None
     outcome: Outcome | None = None
+
+    @property
+    def answered(self) -> bool:
+        return self.outcome is Outcome.ANSWERED
 
     def finish(self, message: Message, outcome: Outcome) -> None:
         if self.done.done():
@@ -122,6 +132,7 @@ class Multiplexer:
         session_idle: float = 7200.0,
         init_timeout: float = 60.0,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
+        ask_hold: float = DEFAULT_HOLD,
     ) -> None:
         self.name = name
         self._log = log.bind(backend=name)
@@ -139,7 +150,7 @@ class Multiplexer:
         self._sessions: collections.OrderedDict[str, Session] = collections.OrderedDict()
         self._pending: dict[str, Pending] = {}
         self._tokens: dict[str, Pending] = {}
-        self._server_requests: collections.OrderedDict[Any, Session] = collections.OrderedDict()
+        self._asks = Asks(self._prefix, self._send, self._sessions.values, ask_hold)
 
     # ------------------------------------------------------------------ the server side
 
@@ -166,13 +177,13 @@ class Multiplexer:
         """The server is gone: everything in flight fails, every session is forgotten."""
         self._outgoing = None
         self._attached.clear()
+        self._asks.clear()
         for pending in list(self._pending.values()):
             pending.finish(
                 jsonrpc.error(None, jsonrpc.BACKEND_UNAVAILABLE, reason), Outcome.SERVER_GONE
             )
         self._pending.clear()
         self._tokens.clear()
-        self._server_requests.clear()
         for session in self._sessions.values():
             session.outbox.close()
         self._sessions.clear()
@@ -209,8 +220,12 @@ class Multiplexer:
                 return  # an answer for another replica attached to the same server
             self._unregister(pending)
             pending.finish(message, Outcome.ANSWERED)
+            self._asks.settled()
         elif "id" in message:
-            self._server_request(message)
+            if method == "ping":
+                self._send({"jsonrpc": "2.0", "id": message["id"], "result": {}})
+            else:
+                self._asks.arrived(message, list(self._pending.values()))
         elif method == "notifications/progress":
             params = message.get("params")
             token = params.get("progressToken") if isinstance(params, dict) else None
@@ -219,35 +234,30 @@ class Multiplexer:
                 params["progressToken"] = target.original_token
                 target.related.put(message)
         elif method == "notifications/cancelled":
-            params = message.get("params")
-            asked = params.get("requestId") if isinstance(params, dict) else None
-            hashable = isinstance(asked, str | int)
-            session = self._server_requests.pop(asked, None) if hashable else None
-            if session is not None:
-                session.outbox.put(message)
-        else:
+            self._asks.cancelled(message)
+        elif isinstance(method, str) and method.endswith("/list_changed"):
             for session in self._sessions.values():
                 session.outbox.put(message)
-
-    def _server_request(self, message: Message) -> None:
-        if message.get("method") == "ping":
-            self._send({"jsonrpc": "2.0", "id": message["id"], "result": {}})
-            return
-        newest = next(reversed(self._pending.values()), None) if self._pending else None
-        if newest is not None and newest.session.id:
-            session, outbox = newest.session, newest.related
-        elif self._sessions:
-            session = next(reversed(self._sessions.values()))
-            outbox = session.outbox
+        elif method == "notifications/resources/updated":
+            params = message.get("params")
+            uri = params.get("uri") if isinstance(params, dict) else None
+            for session in self._sessions.values():
+                if uri in session.subscriptions:
+                    session.outbox.put(message)
         else:
-            self._send(
-                jsonrpc.error(message["id"], jsonrpc.INTERNAL_ERROR, "no client is connected")
-            )
-            return
-        self._server_requests[message["id"]] = session
-        while len(self._server_requests) > _SERVER_REQUESTS_LIMIT:
-            self._server_requests.popitem(last=False)
-        outbox.put(message)
+            self._to_requester(message)
+
+    def _to_requester(self, message: Message) -> None:
+        # Log messages and the like are scoped to the request being handled, but a stdio
+        # server does not say which: only when one session has requests in flight (or
+        # only one session exists) is it certain whose they are.
+        owners = {id(p.session): p for p in self._pending.values()}
+        if len(owners) == 1:
+            next(iter(owners.values())).related.put(message)
+        elif not owners and len(self._sessions) == 1:
+            next(iter(self._sessions.values())).outbox.put(message)
+        else:
+            self._log.debug("stdio server notification with no single owner; dropped")
 
     # ------------------------------------------------------------------ sessions
 
@@ -281,6 +291,7 @@ class Multiplexer:
         self._sessions.pop(session.id, None)
         for pending in list(session.pending.values()):
             self.close(pending)
+        self._asks.session_gone(session)
         session.outbox.close()
 
     # ------------------------------------------------------------------ client requests
@@ -301,6 +312,11 @@ class Multiplexer:
                 params, _meta=dict(meta, progressToken=pending.progress_token)
             )
             self._tokens[pending.progress_token] = pending
+        uri = params.get("uri") if isinstance(params, dict) else None
+        if message.get("method") == "resources/subscribe" and isinstance(uri, str):
+            session.subscriptions.add(uri)
+        elif message.get("method") == "resources/unsubscribe":
+            session.subscriptions.discard(uri)
         self._pending[bridge_id] = pending
         session.pending[bridge_id] = pending
         if not self._send(outgoing):
@@ -323,6 +339,7 @@ class Multiplexer:
         self._unregister(pending)
         if not pending.done.done():
             pending.finish(jsonrpc.error(None, jsonrpc.REQUEST_CANCELLED, reason), outcome)
+            self._asks.settled()
             self._send(
                 {
                     "jsonrpc": "2.0",
@@ -336,8 +353,20 @@ class Multiplexer:
         if pending.progress_token is not None:
             self._tokens.pop(pending.progress_token, None)
 
+    def refusal(self, session: Session, message: Message) -> str | None:
+        """Why a client notification or answer is not accepted from this session, or None:
+        answers only to the session's own server requests, and nothing without a session."""
+        if not session.id:
+            return "a response or notification must name the session it belongs to"
+        if "method" not in message:
+            return self._asks.refusal(session, message)
+        return None
+
     def from_client(self, session: Session, message: Message) -> None:
-        """A client notification or a client's answer to a server request."""
+        """A client notification or a client's answer to a server request (refused ones,
+        see ``refusal``, are dropped)."""
+        if self.refusal(session, message) is not None:
+            return
         method = message.get("method")
         if method == "notifications/initialized":
             return  # the multiplexer completed the one handshake itself
@@ -349,7 +378,8 @@ class Multiplexer:
                 self.close(match, "cancelled by the client")
             return
         if method is None:
-            self._server_requests.pop(message.get("id"), None)
+            self._asks.answer(session, message)
+            return
         self._send(message)
 
     async def handshake(self, message: Message) -> Handshake:

@@ -116,6 +116,12 @@ class StreamableFace:
             return session_not_found()
         requests = [m for m in messages if jsonrpc.is_request(m)]
         for message in messages:
+            refused = None if jsonrpc.is_request(message) else mux.refusal(session, message)
+            if refused is not None:
+                # Checked before anything is passed on, so that a refused batch has no
+                # effect at all. A forged answer to another session's question ends here.
+                return error_response(400, jsonrpc.INVALID_REQUEST, refused)
+        for message in messages:
             if not jsonrpc.is_request(message):
                 mux.from_client(session, message)
         if not requests:
