@@ -7,9 +7,10 @@
 - ``kube_namespace`` (function): a fresh namespace in which config/rbac/role.yaml is
   applied and bound to user ``proxyrunner``; deleted afterwards.
 - ``kube_controller_manager`` (session): a real kube-controller-manager against the same
-  apiserver, running only the deployment, replicaset, garbagecollector and
-  horizontalpodautoscaling controllers (Deployments get ReplicaSets, owner references are
-  collected, HPAs scale their targets; no metrics API, so only by min/max). Only the tests that ask
+  apiserver, running only the deployment, replicaset, statefulset, garbagecollector and
+  horizontalpodautoscaling controllers (Deployments get ReplicaSets, StatefulSets get
+  pods, owner references are collected, HPAs scale their targets; no metrics API, so
+  only by min/max). Only the tests that ask
   for it start it; skipped like the cluster when it is not built.
 
 There is no kubelet, and without ``kube_controller_manager`` no controllers: tests create
@@ -404,7 +405,7 @@ def kube_namespace(kube_cluster: KubeCluster, request: pytest.FixtureRequest) ->
 
 
 # The controllers the operator tests need; nothing that signs certificates or tokens.
-CONTROLLERS = "deployment,replicaset,garbagecollector,horizontalpodautoscaling"
+CONTROLLERS = "deployment,replicaset,statefulset,garbagecollector,horizontalpodautoscaling"
 
 
 @pytest.fixture(scope="session")

@@ -14,11 +14,19 @@ from pathlib import Path
 
 import pytest
 
+from proxyrunner.config import parse_config
 from proxyrunner.logging import get_logger
 from proxyrunner.operator.children import FIELD_MANAGER
 from proxyrunner.operator.leader import LeaderElector, LeaseSettings
 from proxyrunner.operator.objects import Objects
-from tests.kube.helpers import REPO_ROOT, KubeCluster, KubeRequestError, admin_api_client
+from tests.kube.helpers import (
+    REPO_ROOT,
+    KubeCluster,
+    KubeRequestError,
+    admin_api_client,
+    apply_as_proxy,
+    set_ready,
+)
 from tests.kube.operator_helpers import (
     apply_server,
     child_names,
@@ -226,3 +234,47 @@ def test_the_operator_command_without_a_proxy_image_exits_2() -> None:
     )
     assert done.returncode == 2
     assert "--proxy-image" in done.stderr
+
+
+def _pods(cluster: KubeCluster, namespace: str, prefix: str) -> list[str]:
+    listed = cluster.request("GET", f"/api/v1/namespaces/{namespace}/pods")
+    return [
+        p["metadata"]["name"]
+        for p in listed.get("items") or []
+        if p["metadata"]["name"].startswith(prefix)
+    ]
+
+
+async def test_ready_follows_the_proxy_deployment_then_the_backend_statefulset(
+    kube_cluster: KubeCluster, crd_namespace: str, kube_controller_manager: Path
+) -> None:
+    ns = crd_namespace
+    spec = {"image": "ghcr.io/example/up:1", "transport": "sse", "replicas": 1}
+    apply_server(kube_cluster, ns, "up", {**spec, "backendReplicas": 1})
+
+    def ready_reason() -> str | None:
+        ready = condition(read(kube_cluster, ns, "MCPServer", "up"), "Ready")
+        return None if ready is None else f"{ready['status']}/{ready['reason']}"
+
+    async with running_operator(kube_cluster, ns):
+        await eventually(lambda: observed(kube_cluster, ns, "up", 1), SETTLE, "status")
+        assert ready_reason() == "False/DeploymentNotAvailable"
+        # No kubelet: the test reports the proxy pod the ReplicaSet made as running.
+        await eventually(lambda: len(_pods(kube_cluster, ns, "up-")) == 1, SETTLE, "proxy pod")
+        (proxy_pod,) = _pods(kube_cluster, ns, "up-")
+        set_ready(kube_cluster, ns, proxy_pod, True, "10.0.0.10")
+        await eventually(
+            lambda: ready_reason() == "False/BackendNotApplied", SETTLE, "deployment available"
+        )
+        # What the proxy does at startup: apply the backend StatefulSet from its RunConfig.
+        configmap = read(kube_cluster, ns, "ConfigMap", "up-runconfig")
+        assert configmap is not None
+        config, _ = parse_config(json.loads(configmap["data"]["runconfig.json"]))
+        await apply_as_proxy(kube_cluster, config)
+        await eventually(lambda: ready_reason() == "False/BackendNotReady", SETTLE, "backend")
+        await eventually(lambda: "up-0" in _pods(kube_cluster, ns, "up-0"), SETTLE, "backend pod")
+        set_ready(kube_cluster, ns, "up-0", True, "10.0.0.11")
+        await eventually(lambda: ready_reason() == "True/Ready", SETTLE, "Ready")
+    server = read(kube_cluster, ns, "MCPServer", "up")
+    assert server is not None
+    assert server["status"]["phase"] == "Running"  # the CRD's phase for a serving server
