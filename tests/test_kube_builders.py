@@ -11,6 +11,7 @@ from proxyrunner.config import RunConfig, parse_config
 from proxyrunner.kube.workload import (
     GENERATION_ANNOTATION,
     decide_gate,
+    is_statefulset_pod,
     merge_patch,
     owns_replicas,
     service_bodies,
@@ -121,3 +122,31 @@ def test_replica_ownership_is_read_from_managed_fields() -> None:
 def test_only_an_unparsable_annotation_is_flagged_for_replacement() -> None:
     assert decide_gate("not-a-number", 3).unparsable
     assert not any(decide_gate(existing, 3).unparsable for existing in (None, "2", "3", "4"))
+
+
+def _pod(name: str, **ref: Any) -> dict[str, Any]:
+    owner = {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "mcp", "uid": "u1"}
+    owner["controller"] = True
+    return {"metadata": {"name": name, "ownerReferences": [{**owner, **ref}]}}
+
+
+@pytest.mark.parametrize(
+    ("pod", "ours"),
+    [
+        (_pod("mcp-0"), True),
+        (_pod("mcp-12"), True),
+        (_pod("mcp-01"), False),  # no StatefulSet names a pod so
+        (_pod("mcp-x"), False),
+        (_pod("mcp-extra-0"), False),
+        (_pod("other-0"), False),
+        (_pod("mcp-0", uid="u0"), False),  # an older StatefulSet's pod
+        (_pod("mcp-0", kind="ReplicaSet"), False),
+        (_pod("mcp-0", controller=False), False),
+        ({"metadata": {"name": "mcp-0", "labels": {"app": "mcp"}}}, False),
+    ],
+)
+def test_only_pods_named_by_and_controlled_by_the_applied_statefulset_are_backends(
+    pod: dict[str, Any], ours: bool
+) -> None:
+    assert is_statefulset_pod(pod, "mcp", "u1") is ours
+    assert is_statefulset_pod(pod, "mcp", None) is False

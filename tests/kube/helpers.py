@@ -244,13 +244,30 @@ def proxy_api_client(
 # --- backend pods (no kubelet: the tests play its part) --------------------------------
 
 
-def create_pod(cluster: KubeCluster, namespace: str, name: str, ip: str) -> None:
-    """A ready backend pod of StatefulSet ``mcp`` at address ``ip``."""
+def create_pod(
+    cluster: KubeCluster, namespace: str, name: str, ip: str, *, owned: bool = True
+) -> None:
+    """A ready backend pod at address ``ip``, labelled ``app=mcp``. ``owned``: controlled
+    by StatefulSet ``mcp`` (waited for: a starting proxy applies it), as the StatefulSet
+    controller makes its pods; otherwise a stray that only carries the labels."""
+    metadata: dict[str, Any] = {"name": name, "labels": {"app": "mcp"}}
+    if owned:
+        sts = wait_for_sts(cluster, namespace)
+        metadata["ownerReferences"] = [
+            {
+                "apiVersion": "apps/v1",
+                "kind": "StatefulSet",
+                "name": "mcp",
+                "uid": sts["metadata"]["uid"],
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
     cluster.request(
         "POST",
         f"/api/v1/namespaces/{namespace}/pods",
         {
-            "metadata": {"name": name, "labels": {"app": "mcp"}},
+            "metadata": metadata,
             "spec": {"containers": [{"name": "mcp", "image": "example.invalid/mcp:1"}]},
         },
     )
@@ -299,6 +316,20 @@ async def apply_as_proxy(cluster: KubeCluster, config: RunConfig) -> str:
     async with proxy_api_client(cluster) as api:
         applier = WorkloadApplier(api, config, namespace, Metrics(), get_logger())
         return await applier.apply_all()
+
+
+def wait_for_sts(
+    cluster: KubeCluster, namespace: str, name: str = "mcp", limit: float = 30.0
+) -> dict[str, Any]:
+    """The StatefulSet, as soon as it exists."""
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            return read_sts(cluster, namespace, name)
+        except KubeRequestError as exc:
+            if exc.status != 404 or time.monotonic() > deadline:
+                raise
+        time.sleep(0.05)
 
 
 def read_sts(cluster: KubeCluster, namespace: str, name: str = "mcp") -> dict[str, Any]:

@@ -107,7 +107,7 @@ async def test_the_documented_role_lets_the_proxy_attach_and_nothing_less_does(
     """Authorization is the API server's: with the Role, the attach gets past it and fails
     only because this cluster has no node to run the pod (400); in a namespace where the
     proxy holds no Role, it is forbidden (403)."""
-    create_pod(kube_cluster, kube_namespace, "mcp-0", "10.0.0.21")
+    create_pod(kube_cluster, kube_namespace, "mcp-0", "10.0.0.21", owned=False)
     async with proxy_api_client(kube_cluster) as api:
         with pytest.raises(aiohttp.WSServerHandshakeError) as allowed:
             await open_attach(api, kube_namespace, "mcp-0", LOG)
