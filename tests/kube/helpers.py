@@ -33,6 +33,7 @@ from kubernetes_asyncio import config as k8s_config
 
 from proxyrunner.config import RunConfig, parse_config
 from proxyrunner.kube.apply import WorkloadApplier
+from proxyrunner.kube.rbac import proxy_role_rules
 from proxyrunner.kube.workload import GENERATION_ANNOTATION
 from proxyrunner.logging import get_logger
 from proxyrunner.metrics import Metrics
@@ -166,10 +167,16 @@ class KubeCluster:
         )
         return name
 
-    def bind_proxy_role(self, namespace: str, without: str | None = None) -> None:
-        """Apply config/rbac/role.yaml in ``namespace`` and bind it to the proxy user;
-        ``without`` names a resource (e.g. "pods") whose rules are left out."""
+    def bind_proxy_role(
+        self, namespace: str, without: str | None = None, server: str | None = None
+    ) -> None:
+        """Apply config/rbac/role.yaml (server "mcp") in ``namespace`` and bind it to the
+        proxy user; ``without`` names a resource (e.g. "pods") whose rules are left out;
+        ``server``: the same Role for a server of another name, in addition."""
         role = yaml.safe_load(ROLE_FILE.read_text())
+        if server is not None:
+            role["metadata"]["name"] = f"proxyrunner-{server}"
+            role["rules"] = proxy_role_rules(server)
         name = role["metadata"]["name"]
         role["metadata"]["namespace"] = namespace
         if without is not None:
@@ -195,8 +202,10 @@ class KubeCluster:
                 "groups": ["system:authenticated"],
                 "resourceAttributes": {
                     "namespace": namespace,
-                    "verb": "get",
-                    "resource": "configmaps",
+                    "verb": "patch",
+                    "group": "apps",
+                    "resource": "statefulsets",
+                    "name": server or "mcp",
                 },
             },
         }
