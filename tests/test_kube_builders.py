@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from proxyrunner.config import RunConfig, parse_config
+from proxyrunner.errors import ConfigError
 from proxyrunner.kube.workload import (
     GENERATION_ANNOTATION,
     decide_gate,
@@ -150,3 +151,44 @@ def test_only_pods_named_by_and_controlled_by_the_applied_statefulset_are_backen
 ) -> None:
     assert is_statefulset_pod(pod, "mcp", "u1") is ours
     assert is_statefulset_pod(pod, "mcp", None) is False
+
+
+def test_env_secrets_become_secret_key_refs_and_never_values() -> None:
+    cfg = config(
+        env_vars={"PLAIN": "1"},
+        env_secrets={"API_TOKEN": {"name": "fetch-api", "key": "token"}},
+    )
+    (container,) = statefulset_body(cfg, "ns", stamp_generation=False)["spec"]["template"]["spec"][
+        "containers"
+    ]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["API_TOKEN"] == {
+        "name": "API_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": "fetch-api", "key": "token"}},
+    }
+    assert env["PLAIN"] == {"name": "PLAIN", "value": "1"}
+    assert [e["name"] for e in container["env"]] == sorted(env)
+
+
+@pytest.mark.parametrize(
+    ("fields", "problem"),
+    [
+        ({"runtime": "local", "remote_url": "http://h:1/mcp"}, "env_secrets: needs the kubernetes"),
+        ({"env_vars": {"API_TOKEN": "x"}}, "env_secrets.API_TOKEN: is also set in env_vars"),
+    ],
+)
+def test_env_secrets_are_refused_where_they_cannot_work(
+    fields: dict[str, Any], problem: str
+) -> None:
+    doc = {"name": "mcp", "runtime": "kubernetes", "image": "img:1", **fields}
+    doc["env_secrets"] = {"API_TOKEN": {"name": "s", "key": "k"}}
+    if doc["runtime"] == "local":
+        doc.pop("image")
+    with pytest.raises(ConfigError, match=problem):
+        parse_config(doc)
+
+
+def test_a_malformed_env_secret_names_the_variable_not_a_value() -> None:
+    doc = {"name": "mcp", "runtime": "kubernetes", "image": "img:1"}
+    with pytest.raises(ConfigError, match=r"env_secrets\.API_TOKEN"):
+        parse_config({**doc, "env_secrets": {"API_TOKEN": {"name": "s"}}})

@@ -129,7 +129,14 @@ def _container(config: RunConfig) -> dict[str, Any]:
         "name": "mcp",
         "image": backend.image,
         "args": list(backend.cmd_args),
-        "env": [{"name": k, "value": env[k]} for k in sorted(env)],
+        "env": sorted(
+            [{"name": k, "value": v} for k, v in env.items()]
+            + [
+                {"name": k, "valueFrom": {"secretKeyRef": {"name": name, "key": key}}}
+                for k, (name, key) in backend.env_secrets.items()
+            ],
+            key=lambda e: str(e["name"]),
+        ),
         "securityContext": {
             "runAsNonRoot": True,
             "allowPrivilegeEscalation": False,

@@ -253,3 +253,13 @@ def test_the_proxy_role_reaches_only_the_objects_named_after_its_server(
     assert status("GET", f"/v1/namespaces/{ns}/pods") == 200
     assert status("GET", f"/v1/namespaces/{ns}/pods/mcp-0") == 403  # only listed
     assert status("GET", f"/discovery.k8s.io/v1/namespaces/{ns}/endpointslices") == 403
+
+
+async def test_env_secrets_reach_the_api_server_as_secret_key_refs(
+    kube_cluster: KubeCluster, kube_namespace: str
+) -> None:
+    refs = {"API_TOKEN": {"name": "fetch-api", "key": "token"}}
+    await apply_as_proxy(kube_cluster, backend_config(kube_namespace, env_secrets=refs))
+    container = read_sts(kube_cluster, kube_namespace)["spec"]["template"]["spec"]["containers"][0]
+    (token,) = [e for e in container["env"] if e["name"] == "API_TOKEN"]
+    assert token == {"name": "API_TOKEN", "valueFrom": {"secretKeyRef": refs["API_TOKEN"]}}
