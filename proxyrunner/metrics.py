@@ -224,6 +224,12 @@ class Metrics:
             "Backend StatefulSet applies, by result (applied, skipped, conflict, error).",
             "result",
         )
+        self.stray_pods = counter(
+            "stray_pods_ignored",
+            "Pods that carry the backend's labels but are not the applied StatefulSet's own "
+            "(wrong owner UID or name), ignored as backends and attach targets; counted once "
+            "per pod.",
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -18,6 +18,7 @@ from proxyrunner.config.oidc import (
     TOKEN_EXCHANGE_CLIENT_SECRET_ENV,
     read_token_exchange,
 )
+from proxyrunner.kube.rbac import proxy_role_rules
 from tests.chart import (
     CHART,
     CI_VALUES,
@@ -82,10 +83,11 @@ def test_a_runconfig_change_rolls_the_pods() -> None:
     assert checksum() != checksum("runConfig.backend_replicas=3")
 
 
-def test_role_grants_exactly_the_documented_rules() -> None:
+def test_role_grants_exactly_the_rendered_rules_for_the_configured_server() -> None:
     (role,) = by_kind(render(CHART / "ci" / "default-values.yaml"), "Role")
-    documented = yaml.safe_load((REPO / "config" / "rbac" / "role.yaml").read_text())
-    assert role["rules"] == documented["rules"]
+    (configmap,) = by_kind(render(CHART / "ci" / "default-values.yaml"), "ConfigMap")
+    name = json.loads(configmap["data"]["runconfig.json"])["name"]
+    assert role["rules"] == proxy_role_rules(name)  # named objects; the RunConfig is mounted
 
 
 def test_no_rbac_for_the_local_runtime() -> None:
@@ -411,3 +413,24 @@ def test_the_readme_identity_example_is_the_values_file_the_tests_check() -> Non
         "helm install mcp charts/proxyrunner -n mcp -f charts/proxyrunner/ci/identity-values.yaml"
         in commands
     )
+
+
+def test_network_policy_admits_only_the_proxy_pods_on_the_backend_port() -> None:
+    assert not by_kind(render(CHART / "ci" / "default-values.yaml"), "NetworkPolicy")
+    docs = render(CHART / "ci" / "networkpolicy-values.yaml")
+    (policy,) = by_kind(docs, "NetworkPolicy")
+    (deployment,) = by_kind(docs, "Deployment")
+    proxy_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"] == {"matchLabels": {"app": "guarded"}}
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = policy["spec"]["ingress"]
+    (source,) = rule["from"]
+    assert source.keys() == {"podSelector"}  # no namespaceSelector: this namespace only
+    selector = source["podSelector"]["matchLabels"]
+    assert selector.items() <= proxy_labels.items()
+    assert rule["ports"] == [{"protocol": "TCP", "port": 9090}]
+    # The backend pods carry app=<name> (the StatefulSet's template), the proxy pods do not.
+    assert "app" not in proxy_labels
+    stdio = render(CHART / "ci" / "stdio-values.yaml", "default", "networkPolicy.enabled=true")
+    (closed,) = by_kind(stdio, "NetworkPolicy")
+    assert closed["spec"]["ingress"] == []  # attach goes through the API server, not the pod

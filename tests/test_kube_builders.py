@@ -8,9 +8,11 @@ from typing import Any
 import pytest
 
 from proxyrunner.config import RunConfig, parse_config
+from proxyrunner.errors import ConfigError
 from proxyrunner.kube.workload import (
     GENERATION_ANNOTATION,
     decide_gate,
+    is_statefulset_pod,
     merge_patch,
     owns_replicas,
     service_bodies,
@@ -121,3 +123,72 @@ def test_replica_ownership_is_read_from_managed_fields() -> None:
 def test_only_an_unparsable_annotation_is_flagged_for_replacement() -> None:
     assert decide_gate("not-a-number", 3).unparsable
     assert not any(decide_gate(existing, 3).unparsable for existing in (None, "2", "3", "4"))
+
+
+def _pod(name: str, **ref: Any) -> dict[str, Any]:
+    owner = {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "mcp", "uid": "u1"}
+    owner["controller"] = True
+    return {"metadata": {"name": name, "ownerReferences": [{**owner, **ref}]}}
+
+
+@pytest.mark.parametrize(
+    ("pod", "ours"),
+    [
+        (_pod("mcp-0"), True),
+        (_pod("mcp-12"), True),
+        (_pod("mcp-01"), False),  # no StatefulSet names a pod so
+        (_pod("mcp-x"), False),
+        (_pod("mcp-extra-0"), False),
+        (_pod("other-0"), False),
+        (_pod("mcp-0", uid="u0"), False),  # an older StatefulSet's pod
+        (_pod("mcp-0", kind="ReplicaSet"), False),
+        (_pod("mcp-0", controller=False), False),
+        ({"metadata": {"name": "mcp-0", "labels": {"app": "mcp"}}}, False),
+    ],
+)
+def test_only_pods_named_by_and_controlled_by_the_applied_statefulset_are_backends(
+    pod: dict[str, Any], ours: bool
+) -> None:
+    assert is_statefulset_pod(pod, "mcp", "u1") is ours
+    assert is_statefulset_pod(pod, "mcp", None) is False
+
+
+def test_env_secrets_become_secret_key_refs_and_never_values() -> None:
+    cfg = config(
+        env_vars={"PLAIN": "1"},
+        env_secrets={"API_TOKEN": {"name": "fetch-api", "key": "token"}},
+    )
+    (container,) = statefulset_body(cfg, "ns", stamp_generation=False)["spec"]["template"]["spec"][
+        "containers"
+    ]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["API_TOKEN"] == {
+        "name": "API_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": "fetch-api", "key": "token"}},
+    }
+    assert env["PLAIN"] == {"name": "PLAIN", "value": "1"}
+    assert [e["name"] for e in container["env"]] == sorted(env)
+
+
+@pytest.mark.parametrize(
+    ("fields", "problem"),
+    [
+        ({"runtime": "local", "remote_url": "http://h:1/mcp"}, "env_secrets: needs the kubernetes"),
+        ({"env_vars": {"API_TOKEN": "x"}}, "env_secrets.API_TOKEN: is also set in env_vars"),
+    ],
+)
+def test_env_secrets_are_refused_where_they_cannot_work(
+    fields: dict[str, Any], problem: str
+) -> None:
+    doc = {"name": "mcp", "runtime": "kubernetes", "image": "img:1", **fields}
+    doc["env_secrets"] = {"API_TOKEN": {"name": "s", "key": "k"}}
+    if doc["runtime"] == "local":
+        doc.pop("image")
+    with pytest.raises(ConfigError, match=problem):
+        parse_config(doc)
+
+
+def test_a_malformed_env_secret_names_the_variable_not_a_value() -> None:
+    doc = {"name": "mcp", "runtime": "kubernetes", "image": "img:1"}
+    with pytest.raises(ConfigError, match=r"env_secrets\.API_TOKEN"):
+        parse_config({**doc, "env_secrets": {"API_TOKEN": {"name": "s"}}})

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from proxyrunner.operator.children import PROXY_ROLE_RULES
+from proxyrunner.kube.rbac import proxy_role_rules
 from tests.chart import CHART, REPO, by_kind, render
 
 pytestmark = pytest.mark.timeout(120)
@@ -19,9 +19,25 @@ def test_the_chart_ships_the_same_crd_as_config() -> None:
     assert chart_copy.read_text() == CRD.read_text()
 
 
-def test_the_proxy_role_the_operator_grants_is_exactly_the_documented_one() -> None:
+def test_the_documented_role_is_the_rendered_one_for_a_server_named_mcp() -> None:
     role = yaml.safe_load((REPO / "config" / "rbac" / "role.yaml").read_text())
-    assert list(PROXY_ROLE_RULES) == role["rules"]
+    assert role["rules"] == proxy_role_rules("mcp", runconfig_configmap="mcp-runconfig")
+
+
+def test_the_proxy_role_names_its_objects_except_where_kubernetes_cannot() -> None:
+    unnamed = {
+        (resource, verb)
+        for rule in proxy_role_rules("fetch")
+        if "resourceNames" not in rule
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    # create: the name is unknown at authorization; pods: listed by label selector.
+    assert unnamed == {("statefulsets", "create"), ("pods", "list"), ("pods", "watch")}
+    named = {r for rule in proxy_role_rules("fetch") for r in rule.get("resourceNames", [])}
+    assert named == {"fetch", "mcp-fetch", "mcp-fetch-headless", "fetch-0"}
+    resources = {r for rule in proxy_role_rules("fetch") for r in rule["resources"]}
+    assert "endpointslices" not in resources  # the code watches pods, never EndpointSlices
 
 
 def test_operator_objects_render_only_when_enabled() -> None:
@@ -49,7 +65,7 @@ def test_the_operator_holds_every_rule_it_grants_and_deletes_nothing() -> None:
     }
     granted = {
         (group, resource, verb)
-        for rule in PROXY_ROLE_RULES
+        for rule in proxy_role_rules("any")
         for group in rule["apiGroups"]
         for resource in rule["resources"]
         for verb in rule["verbs"]

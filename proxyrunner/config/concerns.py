@@ -83,6 +83,10 @@ class BackendConfig:
     (``cmd_args``)."""
     env_vars: Mapping[str, str] = field(default_factory=dict)
     """Environment of the backend (``env_vars``). Values may be secrets: never logged."""
+    env_secrets: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    """Kubernetes: backend environment variables read from Secrets (``env_secrets``,
+    ``{"ENV": {"name": secret, "key": key}}``), rendered as ``valueFrom.secretKeyRef`` so
+    the values never appear in the StatefulSet. The local runtime refuses it."""
     image: str | None = None
     """Backend container image (``image``); required by the kubernetes runtime."""
     target_host: str = "127.0.0.1"
@@ -121,6 +125,14 @@ class BackendConfig:
             p.add("backend_replicas", f"must fit in an int32, got {replicas}")
         p.not_negative("backend_start_timeout", self.start_timeout)
         p.not_negative("backend_timeout", self.timeout)
+        for env in sorted(set(self.env_secrets) & set(self.env_vars)):
+            p.add(f"env_secrets.{env}", "is also set in env_vars; set it in one of them")
+        if self.env_secrets and self.runtime != "kubernetes":
+            p.add(
+                "env_secrets",
+                "needs the kubernetes runtime (Secrets are read by the kubelet); "
+                "the local runtime takes literal env_vars only",
+            )
         if not p.items:  # the rules between fields assume each field is sound
             self._check_sources(p)
         p.raise_if_any()

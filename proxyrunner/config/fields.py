@@ -157,6 +157,27 @@ def _read_string_map(value: object, path: str) -> dict[str, str]:
     return dict(value)
 
 
+def _read_secret_refs(value: object, path: str) -> dict[str, tuple[str, str]]:
+    """``{"ENV": {"name": secret, "key": key}}``: what Kubernetes' secretKeyRef names."""
+    if not isinstance(value, Mapping):
+        raise _problem(path, 'must map variable names to {"name": secret, "key": key}')
+    refs: dict[str, tuple[str, str]] = {}
+    for env, ref in value.items():
+        if (
+            not isinstance(env, str)
+            or not isinstance(ref, Mapping)
+            or set(ref) != {"name", "key"}
+            or not all(isinstance(v, str) and v for v in ref.values())
+        ):
+            raise _problem(f"{path}.{env}", 'must be {"name": secret, "key": key}')
+        refs[env] = (ref["name"], ref["key"])
+    return refs
+
+
+def _write_secret_refs(value: Mapping[str, tuple[str, str]]) -> dict[str, dict[str, str]]:
+    return {env: {"name": name, "key": key} for env, (name, key) in sorted(value.items())}
+
+
 def _read_duration(value: object, path: str) -> float:
     try:
         return parse_duration(value)
@@ -179,6 +200,7 @@ INTEGER: Final = Kind(_read_integer, _same)
 BOOLEAN: Final = Kind(_read_boolean, _same, omit_false)
 STRINGS: Final = Kind(_read_strings, list)
 STRING_MAP: Final = Kind(_read_string_map, lambda value: dict(sorted(value.items())))
+SECRET_REFS: Final = Kind(_read_secret_refs, _write_secret_refs)
 DURATION: Final = Kind(_read_duration, format_duration, never)
 """Go duration strings ("30s", "1h30m") or seconds; always written, as Go strings."""
 JSON_OBJECT: Final = Kind(_read_json_object, _same)

@@ -57,6 +57,8 @@ class WorkloadApplier:
         self._metrics = metrics
         self._log = log.bind(statefulset=config.name, namespace=namespace)
         self._manager = config.kubernetes.field_manager
+        self.uid: str | None = None
+        """The UID of the StatefulSet as last read or applied: its pods are the backends."""
 
     async def apply_all(self) -> str:
         """Apply the Services and the gated StatefulSet; returns "applied" or "skipped"."""
@@ -81,7 +83,7 @@ class WorkloadApplier:
     async def read_statefulset(self) -> dict[str, Any] | None:
         name = self._config.name
         try:
-            return await call(
+            found = await call(
                 "get",
                 f"statefulsets/{name}",
                 self._ns,
@@ -89,6 +91,13 @@ class WorkloadApplier:
             )
         except KubeNotFound:
             return None
+        self._note_uid(found)
+        return found
+
+    def _note_uid(self, answer: dict[str, Any]) -> None:
+        uid = (answer.get("metadata") or {}).get("uid")
+        if uid:
+            self.uid = str(uid)
 
     async def apply_statefulset(self) -> str:
         ours = self._config.mcpserver_generation
@@ -133,7 +142,7 @@ class WorkloadApplier:
 
     async def _create(self, stamp: bool) -> None:
         body = workload.statefulset_body(self._config, self._ns, stamp_generation=stamp)
-        await call(
+        created = await call(
             "create",
             f"statefulsets/{self._config.name}",
             self._ns,
@@ -141,6 +150,7 @@ class WorkloadApplier:
                 self._ns, body, field_manager=self._manager, _preload_content=False
             ),
         )
+        self._note_uid(created)
 
     async def _apply_existing(
         self, existing: dict[str, Any], stamp: bool, annotations: dict[str, str]
@@ -159,7 +169,7 @@ class WorkloadApplier:
 
     async def _apply(self, body: dict[str, Any], manager: str) -> dict[str, Any]:
         name = self._config.name
-        return await call(
+        answer = await call(
             "patch",
             f"statefulsets/{name}",
             self._ns,
@@ -173,6 +183,8 @@ class WorkloadApplier:
                 _preload_content=False,
             ),
         )
+        self._note_uid(answer)
+        return answer
 
     async def _hand_over_replicas(self, existing: dict[str, Any]) -> str | None:
         """If we are the only owner of spec.replicas, let a hand-off manager co-own the

@@ -125,6 +125,7 @@ class KubernetesBackendDirectory:
         self._resolve = resolve or pod_url_resolver(backend.transport, address_map)
         self._port = workload.target_port(config)
         self._backends: dict[str, Backend] = {}
+        self._strays: set[str] = set()  # labelled pods not ours, already warned about
         self._tasks = Supervisor(self._log)
         self._stdio: PodAttachments | None = None
         if backend.transport == "stdio":
@@ -180,6 +181,13 @@ class KubernetesBackendDirectory:
 
     def _update(self, pod: Mapping[str, Any], deleted: bool = False) -> None:
         name = str(pod["metadata"]["name"])
+        if not deleted and not workload.is_statefulset_pod(
+            pod, self._config.name, self.applier.uid
+        ):
+            self._stray(name)
+            deleted = True  # never a backend; if it was one (an older StatefulSet's), no more
+        elif deleted:
+            self._strays.discard(name)
         before = self._backends.get(name)
         if deleted:
             self._backends.pop(name, None)
@@ -197,6 +205,17 @@ class KubernetesBackendDirectory:
             )
         self._metrics.backends_ready.set(len(self.ready_backends()))
 
+    def _stray(self, name: str) -> None:
+        if name in self._strays:
+            return
+        self._strays.add(name)
+        self._metrics.stray_pods.inc()
+        self._log.warning(
+            "ignoring a pod with the backend's labels that the StatefulSet does not own",
+            pod=name,
+            statefulset_uid=self.applier.uid,
+        )
+
     def _selector(self) -> str:
         return ",".join(f"{k}={v}" for k, v in workload.selector_labels(self._config.name).items())
 
@@ -212,7 +231,9 @@ class KubernetesBackendDirectory:
             ),
         )
         self._backends.clear()
-        for pod in pods.get("items") or []:
+        items = pods.get("items") or []
+        self._strays &= {str(pod["metadata"]["name"]) for pod in items}  # warned once each
+        for pod in items:
             self._update(pod)
         if self._stdio is not None:
             self._stdio.keep_only(self._backends)
@@ -266,6 +287,12 @@ class KubernetesBackendDirectory:
             )
             await asyncio.sleep(delay)
 
+    async def _reapply(self) -> None:
+        """Apply again; the new StatefulSet has a new UID, so the pods of the old one are
+        no longer backends: list the pods again to forget them."""
+        await self.applier.apply_all()
+        await self._list_pods()
+
     async def _watch_statefulset(self) -> None:
         """Apply again if someone deletes the StatefulSet while we run. Each (re)start
         lists first and watches from that list's resourceVersion, so a deletion between
@@ -285,7 +312,7 @@ class KubernetesBackendDirectory:
                 )
                 if not listed.get("items"):
                     self._log.warning("backend StatefulSet missing; applying it again")
-                    await self.applier.apply_all()
+                    await self._reapply()
                     continue
                 async with watch.Watch() as stream:
                     async for event in stream.stream(
@@ -297,7 +324,7 @@ class KubernetesBackendDirectory:
                     ):
                         if event["type"] == "DELETED":
                             self._log.warning("backend StatefulSet deleted; applying it again")
-                            await self.applier.apply_all()
+                            await self._reapply()
             except (
                 ApiException,
                 ProxyRunnerError,  # a KubeError, or the applier giving up after conflicts

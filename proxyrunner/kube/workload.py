@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import json
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -39,6 +41,25 @@ def workload_labels(name: str) -> dict[str, str]:
         "app.kubernetes.io/instance": name,
         "app.kubernetes.io/managed-by": "proxyrunner",
     }
+
+
+def is_statefulset_pod(pod: Mapping[str, Any], name: str, statefulset_uid: str | None) -> bool:
+    """Whether ``pod`` is one of StatefulSet ``name``'s own: named ``<name>-<ordinal>`` and
+    controlled by the StatefulSet with UID ``statefulset_uid``. The ``app`` label alone
+    says nothing: anyone who may create pods in the namespace can set it."""
+    metadata = pod.get("metadata") or {}
+    if statefulset_uid is None or not re.fullmatch(
+        rf"{re.escape(name)}-(0|[1-9][0-9]*)", str(metadata.get("name", ""))
+    ):
+        return False
+    return any(
+        ref.get("kind") == "StatefulSet"
+        and ref.get("apiVersion") == "apps/v1"
+        and ref.get("name") == name
+        and ref.get("uid") == statefulset_uid
+        and ref.get("controller") is True
+        for ref in metadata.get("ownerReferences") or []
+    )
 
 
 def target_port(config: RunConfig) -> int:
@@ -108,7 +129,14 @@ def _container(config: RunConfig) -> dict[str, Any]:
         "name": "mcp",
         "image": backend.image,
         "args": list(backend.cmd_args),
-        "env": [{"name": k, "value": env[k]} for k in sorted(env)],
+        "env": sorted(
+            [{"name": k, "value": v} for k, v in env.items()]
+            + [
+                {"name": k, "valueFrom": {"secretKeyRef": {"name": name, "key": key}}}
+                for k, (name, key) in backend.env_secrets.items()
+            ],
+            key=lambda e: str(e["name"]),
+        ),
         "securityContext": {
             "runAsNonRoot": True,
             "allowPrivilegeEscalation": False,

@@ -17,6 +17,7 @@ import math
 from typing import Any, Final
 
 from proxyrunner.config import GENERATION_ENV, POD_NAMESPACE_ENV, REDIS_PASSWORD_ENV
+from proxyrunner.kube.rbac import proxy_role_rules
 from proxyrunner.kube.workload import GENERATION_ANNOTATION
 from proxyrunner.operator.spec import API_VERSION, KIND, Server
 
@@ -27,25 +28,6 @@ CHECKSUM_ANNOTATION: Final = "checksum/runconfig"
 MANAGED_BY: Final = "proxyrunner-operator"
 # The kubelet's SIGKILL must come after the proxy's own drain deadline.
 GRACE_MARGIN_SECONDS: Final = 5
-
-# Exactly config/rbac/role.yaml's rules (tests/test_operator_manifests.py keeps them
-# equal): what one proxy needs in its namespace, and nothing more.
-PROXY_ROLE_RULES: Final[tuple[dict[str, list[str]], ...]] = (
-    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]},
-    {
-        "apiGroups": ["apps"],
-        "resources": ["statefulsets"],
-        "verbs": ["get", "list", "watch", "create", "patch"],
-    },
-    {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "create", "patch"]},
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
-    {
-        "apiGroups": ["discovery.k8s.io"],
-        "resources": ["endpointslices"],
-        "verbs": ["get", "list", "watch"],
-    },
-    {"apiGroups": [""], "resources": ["pods/attach"], "verbs": ["create", "get"]},
-)
 
 
 def configmap_name(name: str) -> str:
@@ -266,7 +248,8 @@ def role_body(server: Server) -> dict[str, Any]:
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
         "metadata": _metadata(server, service_account_name(server.name)),
-        "rules": [dict(rule) for rule in PROXY_ROLE_RULES],
+        # The proxy's own rules for this server (kube.rbac); the RunConfig is mounted.
+        "rules": proxy_role_rules(server.name),
     }
 
 

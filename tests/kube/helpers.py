@@ -33,6 +33,7 @@ from kubernetes_asyncio import config as k8s_config
 
 from proxyrunner.config import RunConfig, parse_config
 from proxyrunner.kube.apply import WorkloadApplier
+from proxyrunner.kube.rbac import proxy_role_rules
 from proxyrunner.kube.workload import GENERATION_ANNOTATION
 from proxyrunner.logging import get_logger
 from proxyrunner.metrics import Metrics
@@ -166,10 +167,16 @@ class KubeCluster:
         )
         return name
 
-    def bind_proxy_role(self, namespace: str, without: str | None = None) -> None:
-        """Apply config/rbac/role.yaml in ``namespace`` and bind it to the proxy user;
-        ``without`` names a resource (e.g. "pods") whose rules are left out."""
+    def bind_proxy_role(
+        self, namespace: str, without: str | None = None, server: str | None = None
+    ) -> None:
+        """Apply config/rbac/role.yaml (server "mcp") in ``namespace`` and bind it to the
+        proxy user; ``without`` names a resource (e.g. "pods") whose rules are left out;
+        ``server``: the same Role for a server of another name, in addition."""
         role = yaml.safe_load(ROLE_FILE.read_text())
+        if server is not None:
+            role["metadata"]["name"] = f"proxyrunner-{server}"
+            role["rules"] = proxy_role_rules(server)
         name = role["metadata"]["name"]
         role["metadata"]["namespace"] = namespace
         if without is not None:
@@ -195,8 +202,10 @@ class KubeCluster:
                 "groups": ["system:authenticated"],
                 "resourceAttributes": {
                     "namespace": namespace,
-                    "verb": "get",
-                    "resource": "configmaps",
+                    "verb": "patch",
+                    "group": "apps",
+                    "resource": "statefulsets",
+                    "name": server or "mcp",
                 },
             },
         }
@@ -244,13 +253,30 @@ def proxy_api_client(
 # --- backend pods (no kubelet: the tests play its part) --------------------------------
 
 
-def create_pod(cluster: KubeCluster, namespace: str, name: str, ip: str) -> None:
-    """A ready backend pod of StatefulSet ``mcp`` at address ``ip``."""
+def create_pod(
+    cluster: KubeCluster, namespace: str, name: str, ip: str, *, owned: bool = True
+) -> None:
+    """A ready backend pod at address ``ip``, labelled ``app=mcp``. ``owned``: controlled
+    by StatefulSet ``mcp`` (waited for: a starting proxy applies it), as the StatefulSet
+    controller makes its pods; otherwise a stray that only carries the labels."""
+    metadata: dict[str, Any] = {"name": name, "labels": {"app": "mcp"}}
+    if owned:
+        sts = wait_for_sts(cluster, namespace)
+        metadata["ownerReferences"] = [
+            {
+                "apiVersion": "apps/v1",
+                "kind": "StatefulSet",
+                "name": "mcp",
+                "uid": sts["metadata"]["uid"],
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
     cluster.request(
         "POST",
         f"/api/v1/namespaces/{namespace}/pods",
         {
-            "metadata": {"name": name, "labels": {"app": "mcp"}},
+            "metadata": metadata,
             "spec": {"containers": [{"name": "mcp", "image": "example.invalid/mcp:1"}]},
         },
     )
@@ -299,6 +325,20 @@ async def apply_as_proxy(cluster: KubeCluster, config: RunConfig) -> str:
     async with proxy_api_client(cluster) as api:
         applier = WorkloadApplier(api, config, namespace, Metrics(), get_logger())
         return await applier.apply_all()
+
+
+def wait_for_sts(
+    cluster: KubeCluster, namespace: str, name: str = "mcp", limit: float = 30.0
+) -> dict[str, Any]:
+    """The StatefulSet, as soon as it exists."""
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            return read_sts(cluster, namespace, name)
+        except KubeRequestError as exc:
+            if exc.status != 404 or time.monotonic() > deadline:
+                raise
+        time.sleep(0.05)
 
 
 def read_sts(cluster: KubeCluster, namespace: str, name: str = "mcp") -> dict[str, Any]:

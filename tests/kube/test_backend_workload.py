@@ -20,6 +20,7 @@ from proxyrunner.logging import get_logger
 from proxyrunner.metrics import Metrics
 from tests.kube.helpers import (
     KubeCluster,
+    KubeRequestError,
     admin_api_client,
     annotation,
     apply_as_proxy,
@@ -97,6 +98,7 @@ async def test_stale_generation_never_rolls_the_backend_back_in_a_race(
 ) -> None:
     for round_ in range(8):
         name = f"race{round_}"
+        kube_cluster.bind_proxy_role(kube_namespace, server=name)  # the Role names its objects
         old = backend_config(
             kube_namespace, name=name, image="example.invalid/mcp:4", mcpserver_generation=4
         )
@@ -173,23 +175,27 @@ async def test_reapplying_the_same_config_is_a_no_op_and_keeps_a_restart_annotat
 async def test_runconfig_loads_from_a_configmap_and_errors_name_the_problem(
     kube_cluster: KubeCluster, kube_namespace: str
 ) -> None:
+    """The Role lets the proxy read only ConfigMap mcp-runconfig: any other is forbidden."""
     base = f"/api/v1/namespaces/{kube_namespace}/configmaps"
-    kube_cluster.request(
-        "POST",
-        base,
-        {
-            "metadata": {"name": "rc"},
-            "data": {"runconfig.json": '{"name": "demo", "remote_url": "http://h:1/mcp"}'},
-        },
-    )
-    kube_cluster.request("POST", base, {"metadata": {"name": "nokey"}, "data": {"x": "y"}})
     async with proxy_api_client(kube_cluster) as api:
-        loaded = await load_runconfig_from_configmap(api, kube_namespace, "rc")
-        assert loaded.config.name == "demo"
         with pytest.raises(ConfigError, match="not found"):
-            await load_runconfig_from_configmap(api, kube_namespace, "missing")
+            await load_runconfig_from_configmap(api, kube_namespace, "mcp-runconfig")
+        kube_cluster.request("POST", base, {"metadata": {"name": "mcp-runconfig"}, "data": {}})
         with pytest.raises(ConfigError, match=r"runconfig\.json"):
-            await load_runconfig_from_configmap(api, kube_namespace, "nokey")
+            await load_runconfig_from_configmap(api, kube_namespace, "mcp-runconfig")
+        kube_cluster.request(
+            "PUT",
+            f"{base}/mcp-runconfig",
+            {
+                "metadata": {"name": "mcp-runconfig"},
+                "data": {"runconfig.json": '{"name": "demo", "remote_url": "http://h:1/mcp"}'},
+            },
+        )
+        loaded = await load_runconfig_from_configmap(api, kube_namespace, "mcp-runconfig")
+        assert loaded.config.name == "demo"
+        kube_cluster.request("POST", base, {"metadata": {"name": "other"}, "data": {"x": "y"}})
+        with pytest.raises(StartupError, match="get"):
+            await load_runconfig_from_configmap(api, kube_namespace, "other")
         with pytest.raises(StartupError, match="get"):
             await load_runconfig_from_configmap(api, "default", "anything")
 
@@ -208,3 +214,52 @@ async def test_the_proxy_identity_cannot_do_more_than_its_job(
         with pytest.raises(client.exceptions.ApiException) as denied:
             await apps.delete_namespaced_stateful_set("mcp", kube_namespace)
         assert denied.value.status == 403
+
+
+def test_the_proxy_role_reaches_only_the_objects_named_after_its_server(
+    kube_cluster: KubeCluster, kube_namespace: str
+) -> None:
+    """config/rbac/role.yaml (server "mcp") on the real API server: what the proxy does is
+    allowed (404: allowed, not there yet), the same on any other name is forbidden."""
+
+    def status(method: str, path: str, body: dict[str, object] | None = None, **query: str) -> int:
+        try:
+            kube_cluster.request(
+                method,
+                f"/api{path}" if path.startswith("/v1/") else f"/apis{path}",
+                body,
+                token=kube_cluster.proxy_token,
+                query=query or None,
+                content_type="application/apply-patch+yaml" if method == "PATCH" else "",
+            )
+        except KubeRequestError as exc:
+            return exc.status
+        return 200
+
+    ns = kube_namespace
+    sts = f"/apps/v1/namespaces/{ns}/statefulsets"
+    assert status("GET", f"{sts}/mcp") == 404
+    assert status("GET", f"{sts}/other") == 403
+    assert status("GET", sts, fieldSelector="metadata.name=mcp") == 200
+    assert status("GET", sts, watch="true", fieldSelector="metadata.name=mcp",
+                  timeoutSeconds="1") == 200  # fmt: skip
+    assert status("GET", sts) == 403  # every StatefulSet of the namespace
+    service = {"apiVersion": "v1", "kind": "Service", "spec": {"ports": [{"port": 80}]}}
+    for name, allowed in [("mcp-mcp", True), ("mcp-mcp-headless", True), ("other", False)]:
+        body = {**service, "metadata": {"name": name}}
+        path = f"/v1/namespaces/{ns}/services/{name}"
+        assert status("PATCH", path, body, fieldManager="t") == (200 if allowed else 403), name
+    assert status("GET", f"/v1/namespaces/{ns}/services/mcp-mcp") == 403  # never read
+    assert status("GET", f"/v1/namespaces/{ns}/pods") == 200
+    assert status("GET", f"/v1/namespaces/{ns}/pods/mcp-0") == 403  # only listed
+    assert status("GET", f"/discovery.k8s.io/v1/namespaces/{ns}/endpointslices") == 403
+
+
+async def test_env_secrets_reach_the_api_server_as_secret_key_refs(
+    kube_cluster: KubeCluster, kube_namespace: str
+) -> None:
+    refs = {"API_TOKEN": {"name": "fetch-api", "key": "token"}}
+    await apply_as_proxy(kube_cluster, backend_config(kube_namespace, env_secrets=refs))
+    container = read_sts(kube_cluster, kube_namespace)["spec"]["template"]["spec"]["containers"][0]
+    (token,) = [e for e in container["env"] if e["name"] == "API_TOKEN"]
+    assert token == {"name": "API_TOKEN", "valueFrom": {"secretKeyRef": refs["API_TOKEN"]}}

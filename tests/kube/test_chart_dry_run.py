@@ -21,6 +21,7 @@ _PATHS = {
         "/apis/autoscaling/v2/namespaces/{ns}/horizontalpodautoscalers/{name}"
     ),
     "PodDisruptionBudget": "/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets/{name}",
+    "NetworkPolicy": "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies/{name}",
     "Role": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles/{name}",
     "RoleBinding": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings/{name}",
 }

@@ -123,11 +123,11 @@ def test_runconfig_is_read_from_a_configmap_through_the_api(
     kube_cluster.request(
         "POST",
         f"/api/v1/namespaces/{kube_namespace}/configmaps",
-        {"metadata": {"name": "demo-runconfig"}, "data": {"runconfig.json": json.dumps(runconfig)}},
+        {"metadata": {"name": "mcp-runconfig"}, "data": {"runconfig.json": json.dumps(runconfig)}},
     )
     proc = Proc(
         [sys.executable, "-m", "proxyrunner", "run", "--configmap",
-         f"{kube_namespace}/demo-runconfig", "--log-format", "json"],
+         f"{kube_namespace}/mcp-runconfig", "--log-format", "json"],
         tmp_path / "configmap-proxy.log",
         {"KUBECONFIG": str(kube_cluster.proxy_kubeconfig)},
     )  # fmt: skip
@@ -135,11 +135,13 @@ def test_runconfig_is_read_from_a_configmap_through_the_api(
         wait_until(lambda: http_status(f"http://127.0.0.1:{port}/readyz") == 200, 30, "ready")
     finally:
         assert proc.stop() == 0
-    missing = Proc(
-        [sys.executable, "-m", "proxyrunner", "run", "--configmap", f"{kube_namespace}/nope"],
-        tmp_path / "missing.log",
+    # Any other ConfigMap is outside the Role (it names the one it may read).
+    other = Proc(
+        [sys.executable, "-m", "proxyrunner", "run", "--configmap", f"{kube_namespace}/other"],
+        tmp_path / "other.log",
         {"KUBECONFIG": str(kube_cluster.proxy_kubeconfig)},
     )
-    assert missing.wait(timeout=30) == 2
-    missing.stop()
-    assert "not found" in missing.output()
+    code = other.wait(timeout=30)
+    other.stop()
+    assert code == 3
+    assert "does not allow 'get' on configmaps" in other.output()

@@ -101,17 +101,20 @@ async def test_a_stdio_server_in_a_pod_serves_sdk_clients_through_attach(
     assert any("capped at 1" in str(e) for e in events)
 
 
-async def test_the_documented_role_lets_the_proxy_attach_and_nothing_less_does(
+async def test_the_documented_role_lets_the_proxy_attach_to_mcp_0_only_and_nothing_less_does(
     kube_cluster: KubeCluster, kube_namespace: str
 ) -> None:
     """Authorization is the API server's: with the Role, the attach gets past it and fails
     only because this cluster has no node to run the pod (400); in a namespace where the
     proxy holds no Role, it is forbidden (403)."""
-    create_pod(kube_cluster, kube_namespace, "mcp-0", "10.0.0.21")
+    create_pod(kube_cluster, kube_namespace, "mcp-0", "10.0.0.21", owned=False)
     async with proxy_api_client(kube_cluster) as api:
         with pytest.raises(aiohttp.WSServerHandshakeError) as allowed:
             await open_attach(api, kube_namespace, "mcp-0", LOG)
         assert allowed.value.status == 400
+        with pytest.raises(aiohttp.WSServerHandshakeError) as other_pod:
+            await open_attach(api, kube_namespace, "mcp-1", LOG)  # stdio runs only mcp-0
+        assert other_pod.value.status == 403
         with pytest.raises(aiohttp.WSServerHandshakeError) as forbidden:
             await open_attach(api, "default", "mcp-0", LOG)
         assert forbidden.value.status == 403
