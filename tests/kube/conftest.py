@@ -7,10 +7,11 @@
 - ``kube_namespace`` (function): a fresh namespace in which config/rbac/role.yaml is
   applied and bound to user ``proxyrunner``; deleted afterwards.
 - ``kube_controller_manager`` (session): a real kube-controller-manager against the same
-  apiserver, running only the deployment, replicaset, statefulset, garbagecollector and
-  horizontalpodautoscaling controllers (Deployments get ReplicaSets, StatefulSets get
-  pods, owner references are collected, HPAs scale their targets; no metrics API, so
-  only by min/max). Only the tests that ask
+  apiserver, running only the deployment, replicaset, garbagecollector and
+  horizontalpodautoscaling controllers (Deployments get ReplicaSets, owner references are
+  collected, HPAs scale their targets; no metrics API, so only by min/max). Not the
+  statefulset controller: it runs for the rest of the session, and backend pods are the
+  tests' to create, as a kubelet-less cluster needs. Only the tests that ask
   for it start it; skipped like the cluster when it is not built.
 
 There is no kubelet, and without ``kube_controller_manager`` no controllers: tests create
@@ -405,7 +406,7 @@ def kube_namespace(kube_cluster: KubeCluster, request: pytest.FixtureRequest) ->
 
 
 # The controllers the operator tests need; nothing that signs certificates or tokens.
-CONTROLLERS = "deployment,replicaset,statefulset,garbagecollector,horizontalpodautoscaling"
+CONTROLLERS = "deployment,replicaset,garbagecollector,horizontalpodautoscaling"
 
 
 @pytest.fixture(scope="session")

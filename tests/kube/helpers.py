@@ -22,7 +22,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,15 +168,30 @@ class KubeCluster:
         return name
 
     def bind_proxy_role(
-        self, namespace: str, without: str | None = None, server: str | None = None
+        self,
+        namespace: str,
+        without: str | None = None,
+        server: str | None = None,
+        configmaps: Sequence[str] = (),
     ) -> None:
         """Apply config/rbac/role.yaml (server "mcp") in ``namespace`` and bind it to the
         proxy user; ``without`` names a resource (e.g. "pods") whose rules are left out;
-        ``server``: the same Role for a server of another name, in addition."""
+        ``server``: the same Role for a server of another name, in addition, reading its
+        RunConfig from any of ``configmaps``."""
         role = yaml.safe_load(ROLE_FILE.read_text())
         if server is not None:
             role["metadata"]["name"] = f"proxyrunner-{server}"
             role["rules"] = proxy_role_rules(server)
+            if configmaps:
+                role["rules"].insert(
+                    0,
+                    {
+                        "apiGroups": [""],
+                        "resources": ["configmaps"],
+                        "resourceNames": list(configmaps),
+                        "verbs": ["get"],
+                    },
+                )
         name = role["metadata"]["name"]
         role["metadata"]["namespace"] = namespace
         if without is not None:

@@ -67,9 +67,9 @@ async def test_proxy_identity_is_bound_to_the_role_only(
     async with admin_api_client(kube_cluster) as admin:
         admin_core = client.CoreV1Api(admin)
         await admin_core.patch_namespaced_config_map(
-            "run-config",
+            "mcp-runconfig",
             kube_namespace,
-            configmap("run-config", config="{}"),
+            configmap("mcp-runconfig", config="{}"),
             field_manager="test",
             _content_type=APPLY,
         )
@@ -80,11 +80,11 @@ async def test_proxy_identity_is_bound_to_the_role_only(
 
     async with proxy_api_client(kube_cluster) as proxy:
         core = client.CoreV1Api(proxy)
-        cm = await core.read_namespaced_config_map("run-config", kube_namespace)
+        cm = await core.read_namespaced_config_map("mcp-runconfig", kube_namespace)
         assert cm.data == {"config": "{}"}
 
         with pytest.raises(ApiException) as delete:
-            await core.delete_namespaced_config_map("run-config", kube_namespace)
+            await core.delete_namespaced_config_map("mcp-runconfig", kube_namespace)
         assert delete.value.status == 403
         with pytest.raises(ApiException) as read_secret:
             await core.read_namespaced_secret("token", kube_namespace)
@@ -94,7 +94,7 @@ async def test_proxy_identity_is_bound_to_the_role_only(
         assert list_secrets.value.status == 403
         # Bound in this namespace only.
         with pytest.raises(ApiException) as elsewhere:
-            await core.read_namespaced_config_map("run-config", "default")
+            await core.read_namespaced_config_map("mcp-runconfig", "default")
         assert elsewhere.value.status == 403
 
 

@@ -96,6 +96,10 @@ async def test_in_a_rollout_overlap_the_newer_generation_wins_the_statefulset(
     ns = crd_namespace
     spec = {"image": OLD_IMAGE, "transport": "streamable-http", "backendReplicas": 1}
     apply_server(kube_cluster, ns, "roll", spec)
+    # The Role a proxy of this server gets, reading either generation's RunConfig.
+    kube_cluster.bind_proxy_role(
+        ns, server="roll", configmaps=("roll-runconfig", "roll-runconfig-gen1")
+    )
     async with running_operator(kube_cluster, ns):
         await eventually(lambda: observed(kube_cluster, ns, "roll", 1), SETTLE, "generation 1")
         copy_configmap(kube_cluster, ns, "roll-runconfig", "roll-runconfig-gen1")
@@ -137,6 +141,7 @@ async def test_backend_replicas_dropped_from_the_mcpserver_after_a_scale_keeps_t
     ns = crd_namespace
     spec: dict[str, Any] = {"image": OLD_IMAGE, "transport": "sse", "backendReplicas": 3}
     apply_server(kube_cluster, ns, "scaled", spec)
+    kube_cluster.bind_proxy_role(ns, server="scaled", configmaps=("scaled-runconfig",))
     async with running_operator(kube_cluster, ns):
         await eventually(lambda: observed(kube_cluster, ns, "scaled", 1), SETTLE, "generation 1")
         first = start_proxy(kube_cluster, tmp_path, proxies, ns, "scaled-runconfig")
