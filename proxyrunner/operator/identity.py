@@ -32,9 +32,18 @@ CA_DIR: Final = "/etc/proxyrunner/ca"
 AUTHZ_DIR: Final = "/etc/proxyrunner/authz"
 # The spec fields this module acts on; the operator reports none of them as ignored.
 RENDERED_FIELDS: Final = ("oidcConfig", "authzConfig", "audit")
-# Identity fields that name other resources (ToolHive's MCPOIDCConfig,
-# MCPExternalAuthConfig, its embedded auth server): not read, so refused.
-REFUSED_FIELDS: Final = ("oidcConfigRef", "externalAuthConfigRef", "authServerRef")
+# Fields that restrict who may do what, which this operator cannot render: identity that
+# names other resources (ToolHive's MCPOIDCConfig, MCPExternalAuthConfig, its embedded
+# auth server), tool filtering and rate limits. Ignoring one would serve the endpoint with
+# less protection than its author asked for, so each is refused.
+REFUSED_FIELDS: Final = {
+    "oidcConfigRef": "give the settings inline (oidcConfig.type inline)",
+    "externalAuthConfigRef": "token exchange through MCPExternalAuthConfig is not rendered",
+    "authServerRef": "this proxy has no embedded authorization server",
+    "tools": "tool filtering is not rendered; restrict tools with authzConfig policies",
+    "toolConfigRef": "tool filtering is not rendered; restrict tools with authzConfig policies",
+    "rateLimiting": "rate limits are not rendered",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,11 +74,11 @@ def read_identity(spec: Mapping[str, Any], default_resource_url: str) -> ServerI
     """The identity settings of ``spec``; raises ConfigError naming the spec field that
     cannot be rendered. ``default_resource_url`` is the proxy Service's in-cluster URL,
     ToolHive's default when ``resourceUrl`` is not given."""
-    for name in REFUSED_FIELDS:
+    for name, instead in REFUSED_FIELDS.items():
         if spec.get(name):
             raise ConfigError(
-                f"spec.{name}: is not supported by this operator; give the settings inline "
-                "(oidcConfig.type inline), so the endpoint is never served without them"
+                f"spec.{name}: is not supported by this operator ({instead}); refused so "
+                "that the endpoint is never served without it"
             )
     secrets: list[tuple[str, SecretKey]] = []
     mounts: list[Mount] = []

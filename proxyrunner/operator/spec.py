@@ -48,9 +48,6 @@ IGNORED_FIELDS: Final = (
     "resourceOverrides",
     "telemetry",
     "telemetryConfigRef",
-    "tools",
-    "toolConfigRef",
-    "rateLimiting",
     "groupRef",
     "endpointPrefix",
 )

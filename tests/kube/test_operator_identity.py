@@ -145,6 +145,8 @@ async def test_inline_policies_land_in_the_runconfig(
         ("oidcConfig", {"type": "kubernetes"}, "spec.oidcConfig.type"),
         ("oidcConfigRef", {"name": "shared-oidc"}, "spec.oidcConfigRef"),
         ("externalAuthConfigRef", {"name": "exchange"}, "spec.externalAuthConfigRef"),
+        ("tools", ["fetch"], "spec.tools"),
+        ("rateLimiting", {"requestsPerMinute": 10}, "spec.rateLimiting"),
         (
             "authzConfig",
             {"type": "inline", "inline": {"policies": ["permit(principal"]}},
