@@ -179,6 +179,14 @@ class Metrics:
             "kind",
         )
         self.backends_ready = gauge("backends_ready", "Backends currently ready to serve.")
+        self.stdio_children = gauge(
+            "stdio_children",
+            "stdio server processes running for one session each (stdio_isolation: per-session).",
+        )
+        self.stdio_sessions_refused = counter(
+            "stdio_sessions_refused",
+            "initialize requests refused with 503 because stdio_max_sessions processes ran.",
+        )
         self.sessions_live = gauge("sessions_live", "Sessions held in this process's store.")
         self.sessions_created = counter("sessions_created", "Sessions created by this process.")
         self.sessions_ended = counter(

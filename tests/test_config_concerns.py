@@ -100,6 +100,28 @@ def test_config_validate_prints_no_drain_delay_the_user_did_not_write(tmp_path: 
             lambda: SessionsConfig(ttl=10, touch_interval=60),
             "session_touch_interval: must be shorter than session_ttl (10s), got 1m",
         ),
+        (
+            lambda: BackendConfig(
+                runtime="kubernetes", image="img", transport="stdio", stdio_isolation="per-session"
+            ),
+            "stdio_isolation: per-session needs the local runtime",
+        ),
+        (
+            lambda: BackendConfig(cmd_args=("a",), stdio_isolation="per-session"),
+            "stdio_isolation: per-session applies to transport stdio only",
+        ),
+        (
+            lambda: BackendConfig(cmd_args=("a",), transport="stdio", stdio_isolation="apart"),
+            "stdio_isolation: must be one of shared, per-session",
+        ),
+        (
+            lambda: BackendConfig(cmd_args=("a",), transport="stdio", stdio_max_sessions=0),
+            "stdio_max_sessions: must be >= 1",
+        ),
+        (
+            lambda: BackendConfig(cmd_args=("a",), transport="stdio", stdio_idle_timeout=0),
+            "stdio_idle_timeout: must be greater than zero",
+        ),
         (lambda: SessionsConfig(configured_cache_size=-1), "session_cache_size: must be >= 0"),
         (lambda: SessionRedisConfig("no-port"), "session_redis.address: must be host:port"),
         (lambda: DrainConfig(timeout=0), "drain_timeout: must be greater than zero"),

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import os
+import signal
 from typing import Final, Protocol
 
 import structlog
@@ -81,3 +83,23 @@ class StderrTail:
             if line:
                 self.lines.append(line)
                 log.debug("backend output", line=line[:500])
+
+
+async def stop_process(process: asyncio.subprocess.Process, grace: float) -> None:
+    """SIGTERM to the child's process group, ``grace`` seconds, SIGKILL. The caller's
+    closing deadline may cut the grace short (this is cancelled): the child is killed all
+    the same. The child must have been started with ``start_new_session``."""
+    if process.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        async with asyncio.timeout(grace):
+            await process.wait()
+    except TimeoutError:
+        pass
+    finally:
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+    await process.wait()

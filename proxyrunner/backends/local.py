@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import functools
 import os
-import signal
 import socket
 import time
 from collections.abc import Mapping, Sequence
@@ -24,9 +23,10 @@ import aiohttp
 import structlog
 from yarl import URL
 
-from proxyrunner.backends.channel import MAX_LINE, ProcessChannel, StderrTail
+from proxyrunner.backends.channel import MAX_LINE, ProcessChannel, StderrTail, stop_process
 from proxyrunner.backends.directory import Backend
 from proxyrunner.backends.stdio import StdioBridge
+from proxyrunner.backends.stdio.per_session import PerSessionBridge
 from proxyrunner.backoff import Backoff
 from proxyrunner.config import RunConfig
 from proxyrunner.errors import StartupError
@@ -73,7 +73,7 @@ class _Slot:
         self.process: asyncio.subprocess.Process | None = None
         self.output = StderrTail()
         self.exits = 0
-        self.bridge: StdioBridge | None = None
+        self.bridge: StdioBridge | PerSessionBridge | None = None
 
     @property
     def ready(self) -> bool:
@@ -114,7 +114,21 @@ class LocalBackendDirectory:
                 )
                 for i in range(backend.local_replicas)
             ]
-        if backend.transport == "stdio":
+        if backend.stdio_isolation == "per-session":
+            # One slot, whose bridge starts a child for each session: no child of its own.
+            self._children = False
+            slot = self._slots[0]
+            slot.bridge = PerSessionBridge(
+                slot.name,
+                log,
+                functools.partial(self._spawn, slot.name, True),
+                metrics,
+                max_sessions=backend.stdio_max_sessions,
+                idle_timeout=backend.stdio_idle_timeout,
+                max_body=config.listen.max_request_body,
+                session_idle=config.sessions.ttl,
+            )
+        elif backend.transport == "stdio":
             # Each child's stdin and stdout are served over HTTP by a bridge of its own;
             # the slot's URL is the bridge's.
             for slot in self._slots:
@@ -222,22 +236,21 @@ class LocalBackendDirectory:
             self._changed.set()
             await asyncio.sleep(delay)
 
-    async def _run_child(self, slot: _Slot) -> None:
+    async def _spawn(self, name: str, stdio: bool) -> asyncio.subprocess.Process:
         backend = self._config.backend
-        port = slot.url.port
         env = child_environment(os.environ, backend.env_vars)
-        env["DEMO_BACKEND_ID"] = slot.name
-        if slot.bridge is None:
+        env["DEMO_BACKEND_ID"] = name
+        if stdio:
+            env["MCP_TRANSPORT"] = "stdio"
+        else:
+            port = str(self._by_name[name].url.port)
             env.update(
                 MCP_TRANSPORT=backend.transport,
                 MCP_HOST=backend.target_host,
-                MCP_PORT=str(port),
-                PORT=str(port),
+                MCP_PORT=port,
+                PORT=port,
             )
-        else:
-            env["MCP_TRANSPORT"] = "stdio"
-        stdio = slot.bridge is not None
-        process = await asyncio.create_subprocess_exec(
+        return await asyncio.create_subprocess_exec(
             *backend.cmd_args,
             stdin=asyncio.subprocess.PIPE if stdio else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
@@ -246,6 +259,12 @@ class LocalBackendDirectory:
             start_new_session=True,
             limit=MAX_LINE,
         )
+
+    async def _run_child(self, slot: _Slot) -> None:
+        backend = self._config.backend
+        port = slot.url.port
+        stdio = slot.bridge is not None
+        process = await self._spawn(slot.name, stdio)
         slot.process = process
         log = self._log.bind(backend=slot.name)
         log.info("backend process started", pid=process.pid, port=port, transport=backend.transport)
@@ -254,7 +273,7 @@ class LocalBackendDirectory:
         output = process.stderr if stdio else process.stdout
         assert output is not None
         readers = [self._read_output(slot, output, log)]
-        if slot.bridge is not None:
+        if isinstance(slot.bridge, StdioBridge):
             readers.append(slot.bridge.serve(ProcessChannel(process, log)))
         await asyncio.gather(*readers)
         await process.wait()
@@ -272,20 +291,5 @@ class LocalBackendDirectory:
             slot.output.add(raw, log)
 
     async def _stop_child(self, slot: _Slot) -> None:
-        """SIGTERM, a grace period, SIGKILL. The caller's closing deadline may cut the
-        grace short (this is cancelled): the child is killed all the same."""
-        process = slot.process
-        if process is None or process.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            async with asyncio.timeout(_STOP_GRACE):
-                await process.wait()
-        except TimeoutError:
-            pass
-        finally:
-            if process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-        await process.wait()
+        if slot.process is not None:
+            await stop_process(slot.process, _STOP_GRACE)

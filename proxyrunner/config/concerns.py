@@ -20,10 +20,12 @@ from proxyrunner.durations import format_duration
 Transport = Literal["stdio", "sse", "streamable-http"]
 ProxyMode = Literal["sse", "streamable-http"]
 Runtime = Literal["local", "kubernetes"]
+StdioIsolation = Literal["shared", "per-session"]
 
 TRANSPORTS: Final = ("stdio", "sse", "streamable-http")
 PROXY_MODES: Final = ("sse", "streamable-http")
 RUNTIMES: Final = ("local", "kubernetes")
+STDIO_ISOLATIONS: Final = ("shared", "per-session")
 
 DEFAULT_SESSION_CACHE_SIZE: Final = 1000
 DEFAULT_FIELD_MANAGER: Final = "toolhive-container-manager"
@@ -81,6 +83,17 @@ class BackendConfig:
     cmd_args: tuple[str, ...] = ()
     """Local: the command the child processes run; kubernetes: the container's args
     (``cmd_args``)."""
+    stdio_isolation: StdioIsolation = "shared"
+    """How sessions share a stdio server (``stdio_isolation``): ``shared``, one process
+    (per replica) multiplexed for every session; ``per-session``, a process of its own
+    for each session (local runtime), for servers that keep per-client state or tenants
+    who must not share one."""
+    stdio_max_sessions: int = 32
+    """``per-session``: the most processes that run at once (``stdio_max_sessions``; 32);
+    an ``initialize`` past it gets 503 with ``Retry-After``."""
+    stdio_idle_timeout: float = 600.0
+    """``per-session``: a session's process is stopped after this long without a request
+    or an open stream (``stdio_idle_timeout``; 10 min)."""
     env_vars: Mapping[str, str] = field(default_factory=dict)
     """Environment of the backend (``env_vars``). Values may be secrets: never logged."""
     env_secrets: Mapping[str, tuple[str, str]] = field(default_factory=dict)
@@ -123,6 +136,9 @@ class BackendConfig:
             and (replicas > _INT32_MAX)
         ):
             p.add("backend_replicas", f"must fit in an int32, got {replicas}")
+        p.one_of("stdio_isolation", self.stdio_isolation, STDIO_ISOLATIONS)
+        p.at_least("stdio_max_sessions", self.stdio_max_sessions, 1)
+        p.positive("stdio_idle_timeout", self.stdio_idle_timeout)
         p.not_negative("backend_start_timeout", self.start_timeout)
         p.not_negative("backend_timeout", self.timeout)
         for env in sorted(set(self.env_secrets) & set(self.env_vars)):
@@ -149,6 +165,12 @@ class BackendConfig:
                 p.add(
                     "runtime", "kubernetes deploys its own backend; remove remote_url/backend_urls"
                 )
+            if self.stdio_isolation == "per-session":
+                p.add(
+                    "stdio_isolation",
+                    "per-session needs the local runtime for now; the kubernetes runtime "
+                    "serves stdio shared",
+                )
             return
         given = [
             name
@@ -167,12 +189,26 @@ class BackendConfig:
             )
         elif len(given) > 1:
             p.add(given[1], f"cannot be combined with {given[0]}; choose one backend source")
+        if self.stdio_isolation == "per-session":
+            self._check_per_session(p)
         if self.transport == "stdio" and not self.cmd_args:
             p.add("transport", "stdio needs cmd_args: the command that runs the server")
         if self.cmd_args and self.replicas == 0:
             p.add("backend_replicas", "0 would start no backend process for cmd_args")
         if self.remote_url is not None and self.replicas not in (None, 1):
             p.add("backend_replicas", "does not apply to a single remote_url")
+
+    def _check_per_session(self, p: Problems) -> None:
+        if self.transport != "stdio":
+            p.add("stdio_isolation", "per-session applies to transport stdio only")
+        elif self.proxy_mode != "streamable-http":
+            p.add("stdio_isolation", "per-session needs proxy_mode streamable-http for now")
+        if self.replicas not in (None, 1):
+            p.add(
+                "backend_replicas",
+                "does not apply with stdio_isolation per-session (one process per session, "
+                "up to stdio_max_sessions)",
+            )
 
     @property
     def served_protocol(self) -> ProxyMode:

@@ -44,6 +44,15 @@ def build_server(identity: str) -> MCPServer:
         """Which backend process answered: its identity and pid, as JSON."""
         return json.dumps({"id": identity, "pid": os.getpid()})
 
+    notes: list[str] = []
+
+    @server.tool()
+    def remember(note: str) -> str:
+        """Keep a note in this server process (every session it serves shares it) and
+        return every note kept so far, one per line: state a process holds for its clients."""
+        notes.append(note)
+        return "\n".join(notes)
+
     @server.tool()
     async def sleep(seconds: float) -> str:
         """Wait, then answer: a long tool call (at most 60 seconds)."""

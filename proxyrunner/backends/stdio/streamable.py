@@ -55,6 +55,28 @@ async def read_messages(
     return messages, batch
 
 
+def revision_refusal(request: web.Request, messages: list[Message]) -> web.Response | None:
+    """The answer to messages of a revision without the initialize handshake, else None.
+
+    A stdio server lives in one era for its whole life, set by its first message: a
+    2026-07-28 request would lock it out of the initialize handshake, and every session of
+    an earlier revision (most clients) would fail until it restarts. So it is kept in the
+    handshake era; "unsupported version" with the versions it speaks is what makes a
+    negotiating client fall back to initialize."""
+    revision = revisions.claimed_revision(
+        request.headers.get(revisions.PROTOCOL_VERSION_HEADER), messages
+    )
+    if revision is None:
+        return None
+    return error_response(
+        400,
+        jsonrpc.UNSUPPORTED_PROTOCOL_VERSION,
+        "Unsupported protocol version",
+        request_id=messages[0].get("id") if len(messages) == 1 else None,
+        data={"supported": list(revisions.HANDSHAKE_REVISIONS), "requested": revision},
+    )
+
+
 async def open_event_stream(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers=_EVENT_STREAM)
     await response.prepare(request)
@@ -88,22 +110,9 @@ class StreamableFace:
         if isinstance(read, web.Response):
             return read
         messages, batch = read
-        revision = revisions.claimed_revision(
-            request.headers.get(revisions.PROTOCOL_VERSION_HEADER), messages
-        )
-        if revision is not None:
-            # A stdio server lives in one era for its whole life, set by its first message:
-            # a 2026-07-28 request would lock it out of the initialize handshake, and every
-            # session of an earlier revision (most clients) would fail until it restarts.
-            # So it is kept in the handshake era; "unsupported version" with the versions
-            # it speaks is what makes a negotiating client fall back to initialize.
-            return error_response(
-                400,
-                jsonrpc.UNSUPPORTED_PROTOCOL_VERSION,
-                "Unsupported protocol version",
-                request_id=messages[0].get("id") if len(messages) == 1 else None,
-                data={"supported": list(revisions.HANDSHAKE_REVISIONS), "requested": revision},
-            )
+        unsupported = revision_refusal(request, messages)
+        if unsupported is not None:
+            return unsupported
         if any(m.get("method") == "initialize" for m in messages):
             if batch:
                 return error_response(
