@@ -104,6 +104,14 @@ class StreamableHTTP:
             # A stateless backend (or a refusal): nothing to remember.
             return await self._relay.answer(exchange, upstream, None)
         now = time.time()
+        stored: str | None = None
+        if len(body) <= self._p.config.limits.max_stored_initialize:
+            stored = body.decode("utf-8", "replace")
+        else:
+            # Kept in every replica's cache and in Redis for the session's life: a padded
+            # initialize must not cost that. The session works; only a transparent
+            # re-initialize is impossible (the client gets 404 and initializes again).
+            self._p.metrics.initialize_not_stored.inc()
         record = SessionRecord(
             session_id=new_session_id(),
             backend=backend.name,
@@ -112,7 +120,7 @@ class StreamableHTTP:
             transport="streamable-http",
             created=now,
             last_used=now,
-            init_request=body.decode("utf-8", "replace"),
+            init_request=stored,
             principal=binding_of(exchange),
         )
         try:

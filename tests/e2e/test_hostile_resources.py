@@ -1,0 +1,59 @@
+"""Hostile clients against real proxies, on what they can make a replica hold: memory
+per session, sessions of others, connections, streams, and time (issue 10, items 4 and 5).
+
+Every case was first reproduced against a live proxy on loopback; each test here failed
+before the bound it checks existed."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.conftest import DemoProxy
+from tests.helpers import INIT, MCP_HEADERS, answer_of, raw_initialize, tools_call
+from tests.procs import Proxy
+
+pytestmark = pytest.mark.timeout(90)
+
+
+async def labelled_metric(proxy: Proxy, name: str, **labels: str) -> float:
+    """The value of one labelled series in the proxy's /metrics (0 when absent)."""
+    async with aiohttp.ClientSession() as http, http.get(f"{proxy.base}/metrics") as response:
+        text = await response.text()
+    family = re.escape(name.removesuffix("_total"))
+    assert re.search(rf"^# TYPE {family}(_total)? ", text, re.MULTILINE), f"{name} not in /metrics"
+    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    series = f"{name}{{{wanted}}}" if labels else name
+    match = re.search(rf"^{re.escape(series)} (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+def padded_initialize(size: int) -> dict[str, Any]:
+    """An initialize whose body is about ``size`` bytes (the padding in clientInfo)."""
+    params = {**INIT["params"], "clientInfo": {"name": "pad", "version": "1", "x": "x" * size}}
+    return {**INIT, "params": params}
+
+
+# ------------------------------------------------------------ item 4: memory per client
+
+
+async def test_an_initialize_above_the_stored_limit_works_but_is_not_kept_and_is_counted(
+    demo_proxy: DemoProxy,
+) -> None:
+    proxy = demo_proxy(max_stored_initialize=4096)
+    async with aiohttp.ClientSession() as http:
+        async with http.post(proxy.url, json=padded_initialize(8192), headers=MCP_HEADERS) as r:
+            assert r.status == 200, await r.text()
+            session = r.headers["Mcp-Session-Id"]
+            await r.read()
+        headers = {**MCP_HEADERS, "Mcp-Session-Id": session}
+        async with http.post(proxy.url, json=tools_call(1, text="hi"), headers=headers) as r:
+            assert r.status == 200
+            assert (await answer_of(r))["result"]["content"][0]["text"] == "hi"
+        assert await labelled_metric(proxy, "proxyrunner_initialize_not_stored_total") == 1
+        # An initialize within the limit is kept (and not counted).
+        await raw_initialize(http, proxy.url)
+        assert await labelled_metric(proxy, "proxyrunner_initialize_not_stored_total") == 1
