@@ -17,7 +17,7 @@ from typing import Final
 from aiohttp import web
 from yarl import URL
 
-from proxyrunner.errors import StoreUnavailable
+from proxyrunner.errors import StoreFull, StoreUnavailable
 from proxyrunner.mcp.revisions import LEGACY_SSE_REVISION
 from proxyrunner.proxy.errors import (
     BackendMisbehaved,
@@ -128,6 +128,8 @@ class LegacySSE:
         )
         try:
             await self._p.store.create(record)
+        except StoreFull as exc:
+            raise ServiceUnavailable(str(exc)) from None
         except StoreUnavailable as exc:
             raise ServiceUnavailable("the session store cannot record sessions") from exc
         self._p.log.info("session created", session=record.session_id, backend=backend)

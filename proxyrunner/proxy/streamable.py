@@ -22,7 +22,7 @@ import aiohttp
 from aiohttp import web
 
 from proxyrunner.backends.directory import Backend
-from proxyrunner.errors import StoreUnavailable
+from proxyrunner.errors import StoreFull, StoreUnavailable
 from proxyrunner.mcp.revisions import SESSION_HEADER, initialize_request
 from proxyrunner.proxy.errors import (
     BackendFailure,
@@ -125,6 +125,9 @@ class StreamableHTTP:
         )
         try:
             created = await self._p.store.create(record)
+        except StoreFull as exc:
+            upstream.release()
+            raise ServiceUnavailable(str(exc)) from None
         except StoreUnavailable:
             created = False
         if not created:

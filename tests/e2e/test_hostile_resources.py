@@ -12,9 +12,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import DemoProxy
+from tests.conftest import DemoProxy, StartBackend, StartProxy
 from tests.helpers import INIT, MCP_HEADERS, answer_of, raw_initialize, tools_call
 from tests.procs import Proxy
+from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -57,3 +58,37 @@ async def test_an_initialize_above_the_stored_limit_works_but_is_not_kept_and_is
         # An initialize within the limit is kept (and not counted).
         await raw_initialize(http, proxy.url)
         assert await labelled_metric(proxy, "proxyrunner_initialize_not_stored_total") == 1
+
+
+async def _refused_for_now(response: aiohttp.ClientResponse) -> None:
+    assert response.status == 503, await response.text()
+    assert response.headers["Retry-After"]
+    assert (await response.json())["error"]["code"] == -32002
+
+
+@pytest.mark.redis
+async def test_new_sessions_beyond_max_pending_get_503_while_redis_is_down(
+    start_backend: StartBackend, start_proxy: StartProxy, redis_server: RedisServer
+) -> None:
+    config = {
+        "name": "demo",
+        "remote_url": start_backend("alpha").url,
+        "session_redis": {"address": redis_server.address, "key_prefix": "e2e"},
+        "max_pending_sessions": 2,
+    }
+    proxy = start_proxy(config, env={"THV_SESSION_REDIS_PASSWORD": redis_server.password})
+    redis_server.kill()
+    async with aiohttp.ClientSession() as http:
+        kept = [await raw_initialize(http, proxy.url) for _ in range(2)]
+        async with http.post(proxy.url, json=INIT, headers=MCP_HEADERS) as response:
+            await _refused_for_now(response)
+        assert (
+            await labelled_metric(
+                proxy, "proxyrunner_sessions_refused_total", reason="pending_full"
+            )
+            == 1
+        )
+        for session in kept:
+            headers = {**MCP_HEADERS, "Mcp-Session-Id": session}
+            async with http.post(proxy.url, json=tools_call(1, text="x"), headers=headers) as r:
+                assert r.status == 200, await r.text()
