@@ -142,7 +142,7 @@ class ProxyProcess:
             # The hot path's pooled client: same keep-alive and connect bounds as the session.
             pool = UpstreamPool(keepalive_timeout=30.0, connect_timeout=5.0)
             closers.push("pooled http client", pool.close)
-            store = build_store(config, self._secrets, self.metrics, self.log)
+            store = build_store(config, self._secrets, self.metrics, self.log, self.traffic.busy)
             closers.push("session store", store.close)
             directory = _build_directory(config, self.metrics, self.log, client, self._kube)
             closers.push("backends", directory.close)

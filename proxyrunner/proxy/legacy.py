@@ -100,6 +100,7 @@ class LegacySSE:
             record = await self._create(
                 backend.name, str(message_url.relative()), binding_of(exchange)
             )
+            parts.traffic.hold(record.session_id)  # the stream is the session's work
             own_endpoint = request.url.with_path("/messages").with_query(
                 {_SESSION_PARAM: record.session_id}
             )
@@ -108,6 +109,7 @@ class LegacySSE:
         finally:
             upstream.release()
             if record is not None:
+                parts.traffic.release(record.session_id)
                 # The stream was the session: when it ends, so does the session.
                 try:
                     await parts.store.delete(record.session_id)

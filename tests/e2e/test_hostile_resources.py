@@ -6,6 +6,8 @@ before the bound it checks existed."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 from typing import Any
 
@@ -13,7 +15,15 @@ import aiohttp
 import pytest
 
 from tests.conftest import DemoProxy, StartBackend, StartProxy
-from tests.helpers import INIT, MCP_HEADERS, answer_of, raw_initialize, tools_call
+from tests.helpers import (
+    INIT,
+    MCP_HEADERS,
+    answer_of,
+    listen_stream,
+    raw_initialize,
+    tools_call,
+    until_metric,
+)
 from tests.procs import Proxy
 from tests.redis_server import RedisServer
 
@@ -92,3 +102,50 @@ async def test_new_sessions_beyond_max_pending_get_503_while_redis_is_down(
             headers = {**MCP_HEADERS, "Mcp-Session-Id": session}
             async with http.post(proxy.url, json=tools_call(1, text="x"), headers=headers) as r:
                 assert r.status == 200, await r.text()
+
+
+async def _call(http: aiohttp.ClientSession, proxy: Proxy, session: str, **args: Any) -> Any:
+    headers = {**MCP_HEADERS, "Mcp-Session-Id": session, "MCP-Protocol-Version": "2025-06-18"}
+    name = "sleep" if "seconds" in args else "echo"
+    async with http.post(proxy.url, json=tools_call(1, name, **args), headers=headers) as r:
+        assert r.status == 200, await r.text()
+        return await answer_of(r)
+
+
+async def test_a_full_memory_store_refuses_new_sessions_rather_than_evict_busy_ones(
+    demo_proxy: DemoProxy,
+) -> None:
+    # Four initializes used to push the first live session out (404 on its next request).
+    proxy = demo_proxy(session_cache_size=3)
+    async with aiohttp.ClientSession() as http, contextlib.AsyncExitStack() as streams:
+        sessions = [await raw_initialize(http, proxy.url) for _ in range(3)]
+        for session in sessions[:2]:
+            await streams.enter_async_context(listen_stream(http, proxy, "GET /mcp", session))
+        # Long enough to outlast the checks below; awaited, so nothing outlives the test.
+        slow = asyncio.create_task(_call(http, proxy, sessions[2], seconds=4))
+        await until_metric(proxy, "proxyrunner_inflight_requests", at_least=3)
+        async with http.post(proxy.url, json=INIT, headers=MCP_HEADERS) as response:
+            await _refused_for_now(response)
+        refused = await labelled_metric(
+            proxy, "proxyrunner_sessions_refused_total", reason="store_full"
+        )
+        assert refused == 1
+        for session in sessions[:2]:
+            answer = await _call(http, proxy, session, text="still here")
+            assert answer["result"]["content"][0]["text"] == "still here"
+        assert (await slow)["result"]["content"][0]["text"] == "slept 4s"
+
+
+async def test_idle_sessions_of_a_full_memory_store_are_still_evicted_least_recent_first(
+    demo_proxy: DemoProxy,
+) -> None:
+    proxy = demo_proxy(session_cache_size=2)
+    async with aiohttp.ClientSession() as http:
+        first, second = [await raw_initialize(http, proxy.url) for _ in range(2)]
+        async with listen_stream(http, proxy, "GET /mcp", first):
+            third = await raw_initialize(http, proxy.url)  # evicts the idle second
+            headers = {**MCP_HEADERS, "Mcp-Session-Id": second}
+            async with http.post(proxy.url, json=tools_call(1, text="x"), headers=headers) as r:
+                assert r.status == 404
+            for session in (first, third):
+                await _call(http, proxy, session, text="x")
