@@ -33,6 +33,7 @@ from proxyrunner.errors import StartupError
 from proxyrunner.lifecycle import StopSignals, unless
 from proxyrunner.logging import get_logger
 from proxyrunner.metrics import Metrics
+from proxyrunner.proxy.connections import ConnectionGuard, GuardedAppRunner
 from proxyrunner.proxy.forward import Forwarder
 from proxyrunner.proxy.guard import build_guard
 from proxyrunner.proxy.parts import ProxyParts
@@ -172,8 +173,12 @@ class ProxyProcess:
             app.on_shutdown.append(self._finish_work)
             # The waiting happens in _finish_work; aiohttp's own wait only has to cancel
             # what outlived the drain deadline.
-            runner = web.AppRunner(
-                app, handle_signals=False, access_log=None, shutdown_timeout=_CANCEL_GRACE
+            runner = GuardedAppRunner(
+                app,
+                ConnectionGuard(config.limits, self.metrics),
+                handle_signals=False,
+                access_log=None,
+                shutdown_timeout=_CANCEL_GRACE,
             )
             await runner.setup()
             closers.push("listener", functools.partial(_close_listener, runner))

@@ -236,6 +236,7 @@ class Metrics:
             "session has a request or stream in flight).",
             "reason",
         )
+        self.connections_open = gauge("client_connections", "Open client connections.")
         self.connections_closed = counter(
             "client_connections_closed",
             "Client connections the proxy closed to bound what slow or excess clients "

@@ -42,7 +42,11 @@ def default_stages(parts: ProxyParts) -> list[Stage]:
     rule = RebindingRule(config.listen.host, config.listen.allowed_hosts)
     return [
         *([RebindingGuard(rule)] if rule.active else []),  # 421 / 403
-        BodyLimits(config.listen.max_request_body),  # 413, 400; the body read once
+        BodyLimits(  # 413, 408, 400; the body read once
+            config.listen.max_request_body,
+            config.limits.body_timeout,
+            parts.metrics.connections_closed.labels(reason="body_timeout").inc,
+        ),
         IdCheck(),  # odd JSON-RPC ids: 400 / -32600
         StandardHeaderCheck(parts.log),  # 2026-07-28: 400 / -32020
         # With oidc_config / authz_config / audit_config: audit (records every outcome
@@ -109,7 +113,13 @@ def build_app(parts: ProxyParts, stages: Sequence[Stage] | None = None) -> web.A
     chosen = default_stages(parts) if stages is None else list(stages)
     app = web.Application(
         client_max_size=config.listen.max_request_body,
-        handler_args={"max_field_size": 16 * 1024},
+        handler_args={
+            "max_field_size": 16 * 1024,
+            "keepalive_timeout": config.limits.keepalive_timeout,
+            # A refused body (413, 408) is drained this long at most, then the connection
+            # closes: a slow client must not keep it by trickling the rest.
+            "lingering_time": 2.0,
+        },
     )
     app[PARTS_KEY] = parts
     traffic = parts.traffic

@@ -149,3 +149,106 @@ async def test_idle_sessions_of_a_full_memory_store_are_still_evicted_least_rece
                 assert r.status == 404
             for session in (first, third):
                 await _call(http, proxy, session, text="x")
+
+
+# ------------------------------------------------------ item 5: slow and excess clients
+
+# The bounds the tests check: far above the configured timeouts, far below "forever".
+CLOSED_WITHIN = 8.0
+
+
+async def _connect(proxy: Proxy) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", proxy.port)
+
+
+async def _closed_by_the_proxy(reader: asyncio.StreamReader) -> bytes:
+    """Everything the proxy sends until it closes the connection (within the bound)."""
+    async with asyncio.timeout(CLOSED_WITHIN):
+        return await reader.read()
+
+
+async def _health_on(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str = "/health"
+) -> bytes:
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(re.search(rb"Content-Length: (\d+)", head, re.IGNORECASE)[1])  # type: ignore[index]
+    return head + await reader.readexactly(length)
+
+
+async def test_a_connection_that_sends_half_a_request_head_is_closed(demo_proxy: DemoProxy) -> None:
+    # It stayed open for as long as anyone watched (100 s).
+    proxy = demo_proxy(header_timeout="1s")
+    reader, writer = await _connect(proxy)
+    try:
+        writer.write(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: appl")
+        assert await _closed_by_the_proxy(reader) == b""
+    finally:
+        writer.close()
+    closed = await labelled_metric(
+        proxy, "proxyrunner_client_connections_closed_total", reason="header_timeout"
+    )
+    assert closed == 1
+
+
+async def test_a_request_whose_body_trickles_in_gets_408_and_its_connection_closed(
+    demo_proxy: DemoProxy,
+) -> None:
+    proxy = demo_proxy(body_timeout="1s")
+    reader, writer = await _connect(proxy)
+    try:
+        writer.write(
+            b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Accept: application/json, text/event-stream\r\nContent-Length: 100\r\n\r\n"
+            b'{"jsonrpc":'
+        )
+        answer = await _closed_by_the_proxy(reader)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert b'"code": -32600' in answer or b'"code":-32600' in answer
+    closed = await labelled_metric(
+        proxy, "proxyrunner_client_connections_closed_total", reason="body_timeout"
+    )
+    assert closed == 1
+
+
+async def test_an_idle_keep_alive_connection_is_closed_after_keepalive_timeout(
+    demo_proxy: DemoProxy,
+) -> None:
+    proxy = demo_proxy(keepalive_timeout="1s")
+    reader, writer = await _connect(proxy)
+    try:
+        assert (await _health_on(reader, writer)).startswith(b"HTTP/1.1 200 ")
+        assert await _closed_by_the_proxy(reader) == b""
+    finally:
+        writer.close()
+
+
+async def test_connections_past_max_connections_get_503_and_are_closed(
+    demo_proxy: DemoProxy,
+) -> None:
+    proxy = demo_proxy(max_connections=3)
+    held: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = [await _connect(proxy)]
+    try:
+        # Once the readiness probes' connections are gone, only this one is open.
+        for _ in range(500):  # 10 s at most
+            if b"proxyrunner_client_connections 1.0" in await _health_on(*held[0], "/metrics"):
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("the readiness probes' connections stayed open")
+        for _ in range(2):
+            held.append(await _connect(proxy))
+            assert (await _health_on(*held[-1])).startswith(b"HTTP/1.1 200 ")
+        reader, writer = await _connect(proxy)
+        held.append((reader, writer))
+        refused = await _closed_by_the_proxy(reader)
+        assert refused.startswith(b"HTTP/1.1 503 "), refused
+        assert b"Retry-After: 1" in refused
+        assert b'"code":-32002' in refused
+        # The connections it holds still work.
+        assert (await _health_on(*held[0])).startswith(b"HTTP/1.1 200 ")
+    finally:
+        for _, writer in held:
+            writer.close()
