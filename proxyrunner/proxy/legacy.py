@@ -31,6 +31,7 @@ from proxyrunner.proxy.parts import ProxyParts
 from proxyrunner.proxy.pipeline import Exchange
 from proxyrunner.proxy.relay import Relay
 from proxyrunner.proxy.routing import Router
+from proxyrunner.proxy.stream_caps import StreamCaps
 from proxyrunner.proxy.upstream import BackendResponse
 from proxyrunner.sessions.record import SessionRecord, new_session_id
 
@@ -67,15 +68,17 @@ async def read_endpoint_event(upstream: BackendResponse) -> str:
 
 
 class LegacySSE:
-    def __init__(self, parts: ProxyParts, router: Router, relay: Relay) -> None:
+    def __init__(self, parts: ProxyParts, router: Router, relay: Relay, caps: StreamCaps) -> None:
         self._p = parts
+        self._caps = caps
         self._router = router
         self._relay = relay
         self._ownership = SessionOwnership(parts.store, parts.metrics, parts.log)
 
     async def handle(self, exchange: Exchange) -> web.StreamResponse:
         if exchange.request.method == "GET":
-            return await self.stream(exchange)
+            with self._caps.slot(None):  # the stream creates its session: no per-session cap
+                return await self.stream(exchange)
         return await self.message(exchange)
 
     async def stream(self, exchange: Exchange) -> web.StreamResponse:

@@ -29,6 +29,7 @@ from proxyrunner.proxy.stages.body import BodyLimits
 from proxyrunner.proxy.stages.ids import IdCheck
 from proxyrunner.proxy.stages.rebinding import RebindingGuard
 from proxyrunner.proxy.stages.standard_headers import StandardHeaderCheck
+from proxyrunner.proxy.stream_caps import StreamCaps
 from proxyrunner.proxy.streamable import StreamableHTTP
 
 PARTS_KEY: Final = web.AppKey("proxy_parts", ProxyParts)
@@ -127,6 +128,7 @@ def build_app(parts: ProxyParts, stages: Sequence[Stage] | None = None) -> web.A
     parts.metrics.streams_open.set_function(lambda: traffic.streams)
     router = Router(parts.directory, parts.store)
     relay = Relay(traffic, parts.log)
+    caps = StreamCaps(config.limits, parts.metrics)
 
     def pipeline(route: Next) -> Handler:
         return compose(chosen, route, traffic, parts.metrics, parts.log)
@@ -135,14 +137,18 @@ def build_app(parts: ProxyParts, stages: Sequence[Stage] | None = None) -> web.A
         # A legacy SSE backend is served to clients as what it is (and a stdio one as
         # legacy SSE when proxy_mode asks for it).
         legacy = compose(
-            chosen, LegacySSE(parts, router, relay).handle, traffic, parts.metrics, parts.log
+            chosen, LegacySSE(parts, router, relay, caps).handle, traffic, parts.metrics, parts.log
         )
         app.router.add_get("/sse", legacy)
         app.router.add_post("/messages", legacy)
         app.router.add_post("/messages/", legacy)
     else:
         mcp = compose(
-            chosen, StreamableHTTP(parts, router, relay).handle, traffic, parts.metrics, parts.log
+            chosen,
+            StreamableHTTP(parts, router, relay, caps).handle,
+            traffic,
+            parts.metrics,
+            parts.log,
         )
         for method in ("POST", "GET", "DELETE"):
             app.router.add_route(method, "/mcp", mcp)

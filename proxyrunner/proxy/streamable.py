@@ -23,6 +23,7 @@ from aiohttp import web
 
 from proxyrunner.backends.directory import Backend
 from proxyrunner.errors import StoreFull, StoreUnavailable
+from proxyrunner.mcp import jsonrpc
 from proxyrunner.mcp.revisions import SESSION_HEADER, initialize_request
 from proxyrunner.proxy.errors import (
     BackendFailure,
@@ -36,12 +37,14 @@ from proxyrunner.proxy.pipeline import Exchange
 from proxyrunner.proxy.rebind import Rebinder
 from proxyrunner.proxy.relay import Relay
 from proxyrunner.proxy.routing import Router
+from proxyrunner.proxy.stream_caps import StreamCaps
 from proxyrunner.sessions.record import SessionRecord, new_session_id
 
 
 class StreamableHTTP:
-    def __init__(self, parts: ProxyParts, router: Router, relay: Relay) -> None:
+    def __init__(self, parts: ProxyParts, router: Router, relay: Relay, caps: StreamCaps) -> None:
         self._p = parts
+        self._caps = caps
         self._router = router
         self._relay = relay
         self._rebinder = Rebinder(parts, router)
@@ -51,12 +54,22 @@ class StreamableHTTP:
         # A plain function returning the coroutine it picks: no coroutine layer of its own.
         method = exchange.request.method
         if method == "POST":
+            if exchange.rpc_method in jsonrpc.LISTEN_METHODS:
+                return self._listen(exchange)
             return self._post(exchange)
         if method == "GET":
-            if exchange.session_id is None:
-                return self._stateless(exchange)
-            return self._in_session(exchange, exchange.session_id)
+            return self._listen(exchange)
         return self._delete(exchange)
+
+    async def _listen(self, exchange: Exchange) -> web.StreamResponse:
+        """A listen stream, within the stream caps."""
+        client_sid = exchange.session_id
+        with self._caps.slot(client_sid):
+            if exchange.request.method == "POST":
+                return await self._post(exchange)
+            if client_sid is None:
+                return await self._stateless(exchange)
+            return await self._in_session(exchange, client_sid)
 
     async def _post(self, exchange: Exchange) -> web.StreamResponse:
         client_sid = exchange.session_id

@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import DemoProxy, StartBackend, StartProxy
 from tests.helpers import (
+    DEMO_STDIO,
     INIT,
     MCP_HEADERS,
     answer_of,
@@ -252,3 +253,48 @@ async def test_connections_past_max_connections_get_503_and_are_closed(
     finally:
         for _, writer in held:
             writer.close()
+
+
+def _listen_headers(session: str) -> dict[str, str]:
+    return {
+        "Accept": "text/event-stream",
+        "Mcp-Session-Id": session,
+        "MCP-Protocol-Version": "2025-06-18",
+    }
+
+
+async def _stream_refusals(proxy: Proxy, limit: str) -> float:
+    return await labelled_metric(proxy, "proxyrunner_streams_refused_total", limit=limit)
+
+
+@pytest.mark.parametrize("served", ["streamable", "stdio"])
+async def test_listen_streams_are_capped_per_session_and_per_replica(
+    demo_proxy: DemoProxy, start_proxy: StartProxy, served: str
+) -> None:
+    # A stdio-bridge session accepted 50 concurrent GET /mcp streams.
+    limits = {"max_streams_per_session": 1, "max_streams": 2}
+    if served == "streamable":
+        proxy = demo_proxy(**limits)
+    else:
+        proxy = start_proxy({**DEMO_STDIO, **limits})
+    async with aiohttp.ClientSession() as http, contextlib.AsyncExitStack() as streams:
+        first, second, third = [await raw_initialize(http, proxy.url) for _ in range(3)]
+        await streams.enter_async_context(listen_stream(http, proxy, "GET /mcp", first))
+        async with http.get(proxy.url, headers=_listen_headers(first)) as refused:
+            assert refused.status == 429, await refused.text()
+            assert (await refused.json())["error"]["code"] == -32600
+        await streams.enter_async_context(listen_stream(http, proxy, "GET /mcp", second))
+        async with http.get(proxy.url, headers=_listen_headers(third)) as refused:
+            await _refused_for_now(refused)
+        assert await _stream_refusals(proxy, "session") == 1
+        assert await _stream_refusals(proxy, "replica") == 1
+
+
+async def test_legacy_sse_streams_are_capped_per_replica(demo_proxy: DemoProxy) -> None:
+    # 50 GET /sse streams stayed open after their clients had gone.
+    proxy = demo_proxy(transport="sse", max_streams=2)
+    async with aiohttp.ClientSession() as http, contextlib.AsyncExitStack() as streams:
+        for _ in range(2):
+            await streams.enter_async_context(listen_stream(http, proxy, "GET /sse"))
+        async with http.get(f"{proxy.base}/sse", headers={"Accept": "text/event-stream"}) as r:
+            await _refused_for_now(r)
