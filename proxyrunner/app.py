@@ -33,6 +33,7 @@ from proxyrunner.errors import StartupError
 from proxyrunner.lifecycle import StopSignals, unless
 from proxyrunner.logging import get_logger
 from proxyrunner.metrics import Metrics
+from proxyrunner.proxy.connections import ConnectionGuard, GuardedAppRunner
 from proxyrunner.proxy.forward import Forwarder
 from proxyrunner.proxy.guard import build_guard
 from proxyrunner.proxy.parts import ProxyParts
@@ -142,7 +143,7 @@ class ProxyProcess:
             # The hot path's pooled client: same keep-alive and connect bounds as the session.
             pool = UpstreamPool(keepalive_timeout=30.0, connect_timeout=5.0)
             closers.push("pooled http client", pool.close)
-            store = build_store(config, self._secrets, self.metrics, self.log)
+            store = build_store(config, self._secrets, self.metrics, self.log, self.traffic.busy)
             closers.push("session store", store.close)
             directory = _build_directory(config, self.metrics, self.log, client, self._kube)
             closers.push("backends", directory.close)
@@ -172,8 +173,12 @@ class ProxyProcess:
             app.on_shutdown.append(self._finish_work)
             # The waiting happens in _finish_work; aiohttp's own wait only has to cancel
             # what outlived the drain deadline.
-            runner = web.AppRunner(
-                app, handle_signals=False, access_log=None, shutdown_timeout=_CANCEL_GRACE
+            runner = GuardedAppRunner(
+                app,
+                ConnectionGuard(config.limits, self.metrics),
+                handle_signals=False,
+                access_log=None,
+                shutdown_timeout=_CANCEL_GRACE,
             )
             await runner.setup()
             closers.push("listener", functools.partial(_close_listener, runner))

@@ -36,3 +36,8 @@ class StartupError(ProxyRunnerError):
 
 class StoreUnavailable(ProxyRunnerError):
     """The shared session store cannot be reached now; retry later."""
+
+
+class StoreFull(StoreUnavailable):
+    """The store holds as many new sessions as it may (a bound on memory, not a fault):
+    retry later, or at another replica. The message is safe to show the client."""

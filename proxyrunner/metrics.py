@@ -238,6 +238,31 @@ class Metrics:
             "(wrong owner UID or name), ignored as backends and attach targets; counted once "
             "per pod.",
         )
+        self.initialize_not_stored = counter(
+            "initialize_not_stored",
+            "Sessions whose initialize was larger than max_stored_initialize: they work, "
+            "but cannot be re-initialized transparently on another backend.",
+        )
+        self.sessions_refused = counter(
+            "sessions_refused",
+            "New sessions refused with 503 to bound memory, by reason (pending_full: "
+            "Redis down and max_pending_sessions reached; store_full: every stored "
+            "session has a request or stream in flight).",
+            "reason",
+        )
+        self.connections_open = gauge("client_connections", "Open client connections.")
+        self.connections_closed = counter(
+            "client_connections_closed",
+            "Client connections the proxy closed to bound what slow or excess clients "
+            "hold, by reason (max_connections, header_timeout, body_timeout).",
+            "reason",
+        )
+        self.streams_refused = counter(
+            "streams_refused",
+            "Listen streams refused, by limit (session: max_streams_per_session, "
+            "replica: max_streams).",
+            "limit",
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

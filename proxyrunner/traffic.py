@@ -11,6 +11,10 @@ also runs inside ``traffic.listen_stream()``. Waiting is on events, never pollin
   with that reconnect hint;
 - ``wait_idle()`` returns once nothing at all is in flight.
 
+Per session it also knows what is in flight (``hold``/``release``, by the pipeline for a
+request that names a session, by the legacy transport for the stream that is its
+session): the memory store never evicts a session that is busy.
+
 A request cancelled while the process drains (it outlived the drain deadline) is counted
 in ``cancelled``, which the ``drained`` log line reports.
 """
@@ -35,6 +39,8 @@ class Traffic:
         """Requests cancelled while draining."""
         self.retry_ms = 1000
         """The reconnect hint closed streams send."""
+        # session id -> requests and streams in flight; absent when none.
+        self._held: dict[str, int] = {}
 
     @property
     def inflight(self) -> int:
@@ -59,6 +65,23 @@ class Traffic:
             self.cancelled += 1
         if self._waiters:
             self._wakeup.set()
+
+    def hold(self, session_id: str) -> None:
+        """Something of this session is now in flight."""
+        held = self._held
+        held[session_id] = held.get(session_id, 0) + 1
+
+    def release(self, session_id: str) -> None:
+        held = self._held
+        left = held[session_id] - 1
+        if left:
+            held[session_id] = left
+        else:
+            del held[session_id]
+
+    def busy(self, session_id: str) -> bool:
+        """Whether a request or stream of this session is in flight."""
+        return session_id in self._held
 
     @contextmanager
     def listen_stream(self) -> Iterator[None]:

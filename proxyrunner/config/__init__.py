@@ -44,6 +44,7 @@ from proxyrunner.config.files import (
     load_config_file,
     load_config_text,
 )
+from proxyrunner.config.limits import LimitsConfig
 from proxyrunner.config.run_config import (
     DEFAULT_SCHEMA_VERSION,
     RunConfig,
@@ -69,6 +70,7 @@ __all__ = [
     "BackendConfig",
     "DrainConfig",
     "KubernetesConfig",
+    "LimitsConfig",
     "ListenConfig",
     "LoadedConfig",
     "ProxyMode",

@@ -20,6 +20,7 @@ from proxyrunner.config.concerns import (
     ListenConfig,
     SessionsConfig,
 )
+from proxyrunner.config.limits import LimitsConfig
 from proxyrunner.config.oidc import IdentityConfig
 from proxyrunner.config.policy import PolicyConfig
 from proxyrunner.config.problems import Problems, show
@@ -47,6 +48,7 @@ class RunConfig:
     kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
     identity: IdentityConfig = field(default_factory=IdentityConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     schema_version: str = DEFAULT_SCHEMA_VERSION
     """RunConfig schema version (``schema_version``), kept as given."""
     mcpserver_generation: int = 0
@@ -96,6 +98,7 @@ CONCERNS: Final[Mapping[str, type[Any]]] = {
     "kubernetes": KubernetesConfig,
     "identity": IdentityConfig,
     "policy": PolicyConfig,
+    "limits": LimitsConfig,
 }
 """RunConfig's concerns by attribute name; RunConfig's own fields are the concern ""."""
 

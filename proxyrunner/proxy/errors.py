@@ -73,6 +73,18 @@ class BodyTooLarge(RequestRefused):
         return cls(f"Request body larger than the limit of {limit} bytes")
 
 
+class BodyTimeout(RequestRefused):
+    """The body did not arrive within ``body_timeout`` (a slow or stalled client): 408,
+    and the connection is closed, since the rest of the body may still be on its way."""
+
+    status = 408
+
+    def response(self) -> web.Response:
+        response = super().response()
+        response.force_close()
+        return response
+
+
 class HeaderMismatch(RequestRefused):
     code = jsonrpc.HEADER_MISMATCH
 

@@ -17,7 +17,7 @@ from typing import Final
 from aiohttp import web
 from yarl import URL
 
-from proxyrunner.errors import StoreUnavailable
+from proxyrunner.errors import StoreFull, StoreUnavailable
 from proxyrunner.mcp.revisions import LEGACY_SSE_REVISION
 from proxyrunner.proxy.errors import (
     BackendMisbehaved,
@@ -31,6 +31,7 @@ from proxyrunner.proxy.parts import ProxyParts
 from proxyrunner.proxy.pipeline import Exchange
 from proxyrunner.proxy.relay import Relay
 from proxyrunner.proxy.routing import Router
+from proxyrunner.proxy.stream_caps import StreamCaps
 from proxyrunner.proxy.upstream import BackendResponse
 from proxyrunner.sessions.record import SessionRecord, new_session_id
 
@@ -67,15 +68,17 @@ async def read_endpoint_event(upstream: BackendResponse) -> str:
 
 
 class LegacySSE:
-    def __init__(self, parts: ProxyParts, router: Router, relay: Relay) -> None:
+    def __init__(self, parts: ProxyParts, router: Router, relay: Relay, caps: StreamCaps) -> None:
         self._p = parts
+        self._caps = caps
         self._router = router
         self._relay = relay
         self._ownership = SessionOwnership(parts.store, parts.metrics, parts.log)
 
     async def handle(self, exchange: Exchange) -> web.StreamResponse:
         if exchange.request.method == "GET":
-            return await self.stream(exchange)
+            with self._caps.slot(None):  # the stream creates its session: no per-session cap
+                return await self.stream(exchange)
         return await self.message(exchange)
 
     async def stream(self, exchange: Exchange) -> web.StreamResponse:
@@ -100,6 +103,7 @@ class LegacySSE:
             record = await self._create(
                 backend.name, str(message_url.relative()), binding_of(exchange)
             )
+            parts.traffic.hold(record.session_id)  # the stream is the session's work
             own_endpoint = request.url.with_path("/messages").with_query(
                 {_SESSION_PARAM: record.session_id}
             )
@@ -108,6 +112,7 @@ class LegacySSE:
         finally:
             upstream.release()
             if record is not None:
+                parts.traffic.release(record.session_id)
                 # The stream was the session: when it ends, so does the session.
                 try:
                     await parts.store.delete(record.session_id)
@@ -128,6 +133,8 @@ class LegacySSE:
         )
         try:
             await self._p.store.create(record)
+        except StoreFull as exc:
+            raise ServiceUnavailable(str(exc)) from None
         except StoreUnavailable as exc:
             raise ServiceUnavailable("the session store cannot record sessions") from exc
         self._p.log.info("session created", session=record.session_id, backend=backend)

@@ -175,6 +175,10 @@ def compose(
         response: web.StreamResponse | None = None
         # begin/end rather than a context manager: this runs for every request.
         traffic.begin()
+        held = exchange.session_id
+        if held is not None:
+            # A session with work in flight must not be evicted from a full store.
+            traffic.hold(held)
         cancelled = False
         try:
             response = await chain(exchange)
@@ -188,6 +192,8 @@ def compose(
             raise
         finally:
             traffic.end(cancelled)
+            if held is not None:
+                traffic.release(held)
             label = exchange.rpc_method
             status = response.status if response is not None else 499
             requests.labels(label, str(status)).inc()

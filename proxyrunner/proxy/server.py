@@ -29,6 +29,7 @@ from proxyrunner.proxy.stages.body import BodyLimits
 from proxyrunner.proxy.stages.ids import IdCheck
 from proxyrunner.proxy.stages.rebinding import RebindingGuard
 from proxyrunner.proxy.stages.standard_headers import StandardHeaderCheck
+from proxyrunner.proxy.stream_caps import StreamCaps
 from proxyrunner.proxy.streamable import StreamableHTTP
 
 PARTS_KEY: Final = web.AppKey("proxy_parts", ProxyParts)
@@ -42,7 +43,11 @@ def default_stages(parts: ProxyParts) -> list[Stage]:
     rule = RebindingRule(config.listen.host, config.listen.allowed_hosts)
     return [
         *([RebindingGuard(rule)] if rule.active else []),  # 421 / 403
-        BodyLimits(config.listen.max_request_body),  # 413, 400; the body read once
+        BodyLimits(  # 413, 408, 400; the body read once
+            config.listen.max_request_body,
+            config.limits.body_timeout,
+            parts.metrics.connections_closed.labels(reason="body_timeout").inc,
+        ),
         IdCheck(),  # odd JSON-RPC ids: 400 / -32600
         StandardHeaderCheck(parts.log),  # 2026-07-28: 400 / -32020
         # With oidc_config / authz_config / audit_config: audit (records every outcome
@@ -109,7 +114,13 @@ def build_app(parts: ProxyParts, stages: Sequence[Stage] | None = None) -> web.A
     chosen = default_stages(parts) if stages is None else list(stages)
     app = web.Application(
         client_max_size=config.listen.max_request_body,
-        handler_args={"max_field_size": 16 * 1024},
+        handler_args={
+            "max_field_size": 16 * 1024,
+            "keepalive_timeout": config.limits.keepalive_timeout,
+            # A refused body (413, 408) is drained this long at most, then the connection
+            # closes: a slow client must not keep it by trickling the rest.
+            "lingering_time": 2.0,
+        },
     )
     app[PARTS_KEY] = parts
     traffic = parts.traffic
@@ -117,6 +128,7 @@ def build_app(parts: ProxyParts, stages: Sequence[Stage] | None = None) -> web.A
     parts.metrics.streams_open.set_function(lambda: traffic.streams)
     router = Router(parts.directory, parts.store)
     relay = Relay(traffic, parts.log)
+    caps = StreamCaps(config.limits, parts.metrics)
 
     def pipeline(route: Next) -> Handler:
         return compose(chosen, route, traffic, parts.metrics, parts.log)
@@ -125,14 +137,18 @@ def build_app(parts: ProxyParts, stages: Sequence[Stage] | None = None) -> web.A
         # A legacy SSE backend is served to clients as what it is (and a stdio one as
         # legacy SSE when proxy_mode asks for it).
         legacy = compose(
-            chosen, LegacySSE(parts, router, relay).handle, traffic, parts.metrics, parts.log
+            chosen, LegacySSE(parts, router, relay, caps).handle, traffic, parts.metrics, parts.log
         )
         app.router.add_get("/sse", legacy)
         app.router.add_post("/messages", legacy)
         app.router.add_post("/messages/", legacy)
     else:
         mcp = compose(
-            chosen, StreamableHTTP(parts, router, relay).handle, traffic, parts.metrics, parts.log
+            chosen,
+            StreamableHTTP(parts, router, relay, caps).handle,
+            traffic,
+            parts.metrics,
+            parts.log,
         )
         for method in ("POST", "GET", "DELETE"):
             app.router.add_route(method, "/mcp", mcp)

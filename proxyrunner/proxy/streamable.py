@@ -22,7 +22,8 @@ import aiohttp
 from aiohttp import web
 
 from proxyrunner.backends.directory import Backend
-from proxyrunner.errors import StoreUnavailable
+from proxyrunner.errors import StoreFull, StoreUnavailable
+from proxyrunner.mcp import jsonrpc
 from proxyrunner.mcp.revisions import SESSION_HEADER, initialize_request
 from proxyrunner.proxy.errors import (
     BackendFailure,
@@ -36,12 +37,14 @@ from proxyrunner.proxy.pipeline import Exchange
 from proxyrunner.proxy.rebind import Rebinder
 from proxyrunner.proxy.relay import Relay
 from proxyrunner.proxy.routing import Router
+from proxyrunner.proxy.stream_caps import StreamCaps
 from proxyrunner.sessions.record import SessionRecord, new_session_id
 
 
 class StreamableHTTP:
-    def __init__(self, parts: ProxyParts, router: Router, relay: Relay) -> None:
+    def __init__(self, parts: ProxyParts, router: Router, relay: Relay, caps: StreamCaps) -> None:
         self._p = parts
+        self._caps = caps
         self._router = router
         self._relay = relay
         self._rebinder = Rebinder(parts, router)
@@ -51,12 +54,22 @@ class StreamableHTTP:
         # A plain function returning the coroutine it picks: no coroutine layer of its own.
         method = exchange.request.method
         if method == "POST":
+            if exchange.rpc_method in jsonrpc.LISTEN_METHODS:
+                return self._listen(exchange)
             return self._post(exchange)
         if method == "GET":
-            if exchange.session_id is None:
-                return self._stateless(exchange)
-            return self._in_session(exchange, exchange.session_id)
+            return self._listen(exchange)
         return self._delete(exchange)
+
+    async def _listen(self, exchange: Exchange) -> web.StreamResponse:
+        """A listen stream, within the stream caps."""
+        client_sid = exchange.session_id
+        with self._caps.slot(client_sid):
+            if exchange.request.method == "POST":
+                return await self._post(exchange)
+            if client_sid is None:
+                return await self._stateless(exchange)
+            return await self._in_session(exchange, client_sid)
 
     async def _post(self, exchange: Exchange) -> web.StreamResponse:
         client_sid = exchange.session_id
@@ -104,6 +117,14 @@ class StreamableHTTP:
             # A stateless backend (or a refusal): nothing to remember.
             return await self._relay.answer(exchange, upstream, None)
         now = time.time()
+        stored: str | None = None
+        if len(body) <= self._p.config.limits.max_stored_initialize:
+            stored = body.decode("utf-8", "replace")
+        else:
+            # Kept in every replica's cache and in Redis for the session's life: a padded
+            # initialize must not cost that. The session works; only a transparent
+            # re-initialize is impossible (the client gets 404 and initializes again).
+            self._p.metrics.initialize_not_stored.inc()
         record = SessionRecord(
             session_id=new_session_id(),
             backend=backend.name,
@@ -112,11 +133,14 @@ class StreamableHTTP:
             transport="streamable-http",
             created=now,
             last_used=now,
-            init_request=body.decode("utf-8", "replace"),
+            init_request=stored,
             principal=binding_of(exchange),
         )
         try:
             created = await self._p.store.create(record)
+        except StoreFull as exc:
+            upstream.release()
+            raise ServiceUnavailable(str(exc)) from None
         except StoreUnavailable:
             created = False
         if not created:

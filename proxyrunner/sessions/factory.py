@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import structlog
 
 from proxyrunner.config import RunConfig, Secrets
@@ -11,15 +13,23 @@ from proxyrunner.sessions.store import SessionStore
 
 
 def build_store(
-    config: RunConfig, secrets: Secrets, metrics: Metrics, log: structlog.stdlib.BoundLogger
+    config: RunConfig,
+    secrets: Secrets,
+    metrics: Metrics,
+    log: structlog.stdlib.BoundLogger,
+    busy: Callable[[str], bool] = lambda session_id: False,
 ) -> SessionStore:
+    """``busy`` says whether a session has a request or stream in flight (the memory
+    store never evicts such a one)."""
     if config.sessions.redis is None:
         if (config.backend.replicas or 1) > 1 or len(config.backend.urls) > 1:
             log.warning(
                 "sessions are kept in memory: fine for one proxy replica, "
                 "but other replicas will not know this one's sessions (set session_redis)"
             )
-        return MemorySessionStore(config.sessions.cache_size, config.sessions.ttl, metrics)
+        return MemorySessionStore(
+            config.sessions.cache_size, config.sessions.ttl, metrics, busy=busy
+        )
     from proxyrunner.sessions.tiered import TieredSessionStore
 
     return TieredSessionStore(config, secrets, metrics, log)

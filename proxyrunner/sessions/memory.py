@@ -2,6 +2,11 @@
 
 Ordered by last use, so both the idle sweep and the size bound remove from the front in
 O(1) per removed entry; a get on a live session is a dict lookup and a move-to-end.
+
+A session with a request or stream in flight (``busy``) is never evicted or expired: met
+at the front, it is in use now, so it moves to the back. When every session is busy, a
+new one is refused (StoreFull: 503) rather than pushing a live client out; otherwise
+anyone could end everyone else's sessions by initializing enough of their own.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 
+from proxyrunner.errors import StoreFull
 from proxyrunner.metrics import Metrics
 from proxyrunner.sessions.counts import BackendCounts
 from proxyrunner.sessions.record import SessionRecord
@@ -26,6 +32,7 @@ class MemorySessionStore:
         ttl: float,
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
+        busy: Callable[[str], bool] = lambda session_id: False,
     ) -> None:
         if max_sessions <= 0:
             raise ValueError("max_sessions must be > 0")
@@ -33,6 +40,7 @@ class MemorySessionStore:
         self._ttl = ttl
         self._clock = clock
         self._metrics = metrics
+        self._busy = busy
         # session id -> (record, last use); the dict's order is least recently used first.
         self._entries: OrderedDict[str, tuple[SessionRecord, float]] = OrderedDict()
         self._by_backend = BackendCounts()
@@ -61,10 +69,29 @@ class MemorySessionStore:
     def _expire(self, now: float) -> None:
         deadline = now - self._ttl
         while self._entries:
-            session_id, (_, last_use) = next(iter(self._entries.items()))
+            session_id, (record, last_use) = next(iter(self._entries.items()))
             if last_use > deadline:
                 break
-            self._drop(session_id, "expired")
+            if self._busy(session_id):
+                self._touch(session_id, record, now)
+            else:
+                self._drop(session_id, "expired")
+
+    def _touch(self, session_id: str, record: SessionRecord, now: float) -> None:
+        self._entries[session_id] = (record, now)
+        self._entries.move_to_end(session_id)
+
+    def _make_room(self, now: float) -> None:
+        """Evict the least recently used idle session; StoreFull if none is idle. Each
+        busy one passed moves to the back, so the next search does not pass it again."""
+        for _ in range(len(self._entries)):
+            session_id, (record, _) = next(iter(self._entries.items()))
+            if not self._busy(session_id):
+                self._drop(session_id, "evicted")
+                return
+            self._touch(session_id, record, now)
+        self._metrics.sessions_refused.labels(reason="store_full").inc()
+        raise StoreFull("every session this replica holds is in use; try again later")
 
     async def create(self, record: SessionRecord) -> bool:
         now = self._clock()
@@ -72,7 +99,7 @@ class MemorySessionStore:
         if record.session_id in self._entries:
             return False
         while len(self._entries) >= self._max:
-            self._drop(next(iter(self._entries)), "evicted")
+            self._make_room(now)
         self._entries[record.session_id] = (record, now)
         self._by_backend.add(record.backend)
         self._metrics.sessions_created.inc()
@@ -90,8 +117,7 @@ class MemorySessionStore:
             self._drop(session_id, "expired")
             self._metrics.store_lookups.labels("miss").inc()
             return None
-        self._entries[session_id] = (record, now)
-        self._entries.move_to_end(session_id)
+        self._touch(session_id, record, now)
         self._metrics.store_lookups.labels("hit").inc()
         return record
 

@@ -42,7 +42,7 @@ import structlog
 
 from proxyrunner.backoff import Backoff
 from proxyrunner.config import RunConfig, Secrets
-from proxyrunner.errors import StartupError, StoreUnavailable
+from proxyrunner.errors import StartupError, StoreFull, StoreUnavailable
 from proxyrunner.metrics import Metrics
 from proxyrunner.sessions.lru import CachedSession, SessionCache
 from proxyrunner.sessions.record import SessionRecord, could_be_session_id
@@ -92,6 +92,7 @@ class TieredSessionStore:
             ttl=max(1, round(config.sessions.ttl)),
         )
         self._max_age = config.sessions.local_max_age
+        self._max_pending = config.limits.max_pending_sessions
         self._metrics = metrics
         self._clock = clock
         self._flush_interval = flush_interval
@@ -169,12 +170,12 @@ class TieredSessionStore:
                     "set", self._keys.set_new(self._link.client, sid, record)
                 )
             except StoreUnavailable:
-                self._pending.create(record)
+                self._hold_pending(record)
             else:
                 if not created:
                     return False
         else:
-            self._pending.create(record)
+            self._hold_pending(record)
         self._cache.put(sid, CachedSession(record, self._clock()))
         self._metrics.sessions_created.inc()
         return True
@@ -246,6 +247,14 @@ class TieredSessionStore:
 
     def local_sessions_by_backend(self) -> Mapping[str, int]:
         return self._cache.by_backend()
+
+    def _hold_pending(self, record: SessionRecord) -> None:
+        """Keep a new session until Redis is back, within ``max_pending_sessions``: a
+        long outage must not let new clients grow this process without bound."""
+        if self._pending.creates >= self._max_pending:
+            self._metrics.sessions_refused.labels(reason="pending_full").inc()
+            raise StoreFull("this replica holds all the new sessions it can until Redis is back")
+        self._pending.create(record)
 
     # ---------------------------------------------------------------- internals
 

@@ -1,21 +1,24 @@
 """Stage: body limits, and the body read once for every later stage.
 
-A body over ``max_request_body`` gets 413 before it is read. Bodies up to 1 MiB are read
-whole (so a request can be replayed after a transparent re-initialize, and stages can
-parse it); a larger body of a request in a known session streams straight through,
-bounded on the way. A body shorter than its Content-Length is a 400.
+A body over ``max_request_body`` gets 413 before it is read; one read whole that takes
+longer than ``body_timeout`` gets 408 and its connection closed (a trickling client must
+not hold a connection, and up to ``max_request_body`` of memory, indefinitely). Bodies
+up to 1 MiB are read whole (so a request can be replayed after a transparent
+re-initialize, and stages can parse it); a larger body of a request in a known session
+streams straight through, bounded on the way. A body shorter than its Content-Length is a 400.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Final
 
 import aiohttp
 from aiohttp import web
 
 from proxyrunner.mcp.jsonrpc import peek_method
-from proxyrunner.proxy.errors import BodyIncomplete, BodyTooLarge
+from proxyrunner.proxy.errors import BodyIncomplete, BodyTimeout, BodyTooLarge
 from proxyrunner.proxy.pipeline import Exchange, Next
 
 BUFFERED_BODY_LIMIT: Final = 1024 * 1024
@@ -24,8 +27,12 @@ BUFFERED_BODY_LIMIT: Final = 1024 * 1024
 class BodyLimits:
     name = "body limits"
 
-    def __init__(self, max_body: int) -> None:
+    def __init__(
+        self, max_body: int, timeout: float = 30.0, on_timeout: Callable[[], None] = lambda: None
+    ) -> None:
         self._max = max_body
+        self._timeout = timeout
+        self._on_timeout = on_timeout
 
     async def handle(self, exchange: Exchange, call_next: Next) -> web.StreamResponse:
         request = exchange.request
@@ -39,7 +46,23 @@ class BodyLimits:
             body = request.content  # streams straight through, bounded by the forwarder
         elif length == 0:
             body = b""
-        elif length is not None:
+        elif request.content.is_eof():
+            # All of it arrived already (the usual small body, with its head): no timer.
+            body = await self._read(request, length)
+        else:
+            try:
+                async with asyncio.timeout(self._timeout):
+                    body = await self._read(request, length)
+            except TimeoutError:
+                self._on_timeout()
+                raise BodyTimeout(f"request body not received within {self._timeout:g}s") from None
+        exchange.body = body
+        exchange.rpc_method = peek_method(body) if isinstance(body, bytes) else "streamed"
+        return await call_next(exchange)
+
+    async def _read(self, request: web.Request, length: int | None) -> bytes:
+        body: bytes
+        if length is not None:
             # Known size (the usual case): one read of exactly that many bytes, which is
             # cheaper than request.read()'s chunk loop. The size was checked above.
             try:
@@ -51,6 +74,4 @@ class BodyLimits:
                 body = await request.read()
             except web.HTTPRequestEntityTooLarge:
                 raise BodyTooLarge.over(self._max) from None
-        exchange.body = body
-        exchange.rpc_method = peek_method(body) if isinstance(body, bytes) else "streamed"
-        return await call_next(exchange)
+        return body
