@@ -23,6 +23,7 @@ from proxyrunner.mcp import jsonrpc
 from proxyrunner.proxy.errors import BackendClosedEarly, BackendMisbehaved
 from proxyrunner.proxy.events import EventReader, EventRewriter, Rewrite
 from proxyrunner.proxy.headers import client_response_headers
+from proxyrunner.proxy.heartbeat import Heartbeat
 from proxyrunner.proxy.pipeline import AnswerWatcher, Exchange
 from proxyrunner.proxy.upstream import BackendResponse
 from proxyrunner.traffic import Traffic
@@ -34,9 +35,12 @@ _EVENT_COMPLETION_GRACE: Final = 2.0
 
 
 class Relay:
-    def __init__(self, traffic: Traffic, log: structlog.stdlib.BoundLogger) -> None:
+    def __init__(
+        self, traffic: Traffic, log: structlog.stdlib.BoundLogger, keepalive: float = 15.0
+    ) -> None:
         self._traffic = traffic
         self._log = log
+        self._keepalive = keepalive
 
     async def answer(
         self,
@@ -66,6 +70,9 @@ class Relay:
                 if watchers:
                     _watch_json(watchers, body)
                 return web.Response(status=upstream.status, body=body, headers=headers)
+            if event_stream:
+                # Proxies in front (nginx) must not buffer it either.
+                headers["X-Accel-Buffering"] = "no"
             response = web.StreamResponse(status=upstream.status, headers=headers)
             await response.prepare(request)
             if prefix:
@@ -74,15 +81,23 @@ class Relay:
             content: _Content = upstream.content
             if rewrites and event_stream:
                 content = _RewrittenEvents(upstream, rewrites)
-            listening = request.method == "GET" or exchange.rpc_method in jsonrpc.LISTEN_METHODS
-            if event_stream and listening:
-                # A listen stream: the one kind drain ends early (with a retry hint).
-                with self._traffic.listen_stream():
-                    await self._listen(content, response, watchers, reader)
-            else:
+            if not event_stream:
                 while chunk := await content.readany():
                     await response.write(chunk)
-                    _watch_events(watchers, reader, chunk)
+            else:
+                beat = Heartbeat(self._keepalive, response, upstream.content)
+                try:
+                    listening = (
+                        request.method == "GET" or exchange.rpc_method in jsonrpc.LISTEN_METHODS
+                    )
+                    if listening:
+                        # A listen stream: the one kind drain ends early (with a retry hint).
+                        with self._traffic.listen_stream():
+                            await self._listen(content, response, watchers, reader, beat)
+                    else:
+                        await _copy_events(content, response, watchers, reader, beat)
+                finally:
+                    await beat.stop()
             await response.write_eof()
             return response
         except (aiohttp.ClientError, ConnectionResetError) as exc:
@@ -108,6 +123,7 @@ class Relay:
         downstream: web.StreamResponse,
         watchers: Sequence[AnswerWatcher],
         reader: EventReader | None,
+        beat: Heartbeat,
     ) -> None:
         """Copy an SSE body until the backend ends it, the client goes away, or the proxy
         drains (then finish the current event, send ``retry:`` and stop)."""
@@ -117,7 +133,9 @@ class Relay:
         try:
             while True:
                 read = asyncio.ensure_future(content.readany())
+                beat.waiting = True
                 done, _ = await asyncio.wait({read, closing}, return_when=asyncio.FIRST_COMPLETED)
+                beat.waiting = False
                 if read not in done:
                     if not at_boundary:
                         at_boundary = await self._finish_event(content, downstream, read)
@@ -131,7 +149,7 @@ class Relay:
                     return
                 await downstream.write(chunk)
                 _watch_events(watchers, reader, chunk)
-                at_boundary = _ends_event(chunk)
+                at_boundary = beat.at_boundary = _ends_event(chunk)
         finally:
             closing.cancel()
 
@@ -155,6 +173,24 @@ class Relay:
                     read = asyncio.ensure_future(content.readany())
         read.cancel()
         return False
+
+
+async def _copy_events(
+    content: _Content,
+    downstream: web.StreamResponse,
+    watchers: Sequence[AnswerWatcher],
+    reader: EventReader | None,
+    beat: Heartbeat,
+) -> None:
+    """Copy an SSE answer to the end; the heartbeat may comment between events."""
+    beat.waiting = True
+    while chunk := await content.readany():
+        beat.waiting = False
+        await downstream.write(chunk)
+        _watch_events(watchers, reader, chunk)
+        beat.at_boundary = _ends_event(chunk)
+        beat.waiting = True
+    beat.waiting = False
 
 
 def _rewrite_all(rewrites: Sequence[Rewrite], message: Any) -> Any:

@@ -127,7 +127,7 @@ def build_app(parts: ProxyParts, stages: Sequence[Stage] | None = None) -> web.A
     parts.metrics.inflight.set_function(lambda: traffic.inflight)
     parts.metrics.streams_open.set_function(lambda: traffic.streams)
     router = Router(parts.directory, parts.store)
-    relay = Relay(traffic, parts.log)
+    relay = Relay(traffic, parts.log, config.limits.stream_keepalive)
     caps = StreamCaps(config.limits, parts.metrics)
 
     def pipeline(route: Next) -> Handler:

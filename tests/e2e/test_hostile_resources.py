@@ -298,3 +298,51 @@ async def test_legacy_sse_streams_are_capped_per_replica(demo_proxy: DemoProxy) 
             await streams.enter_async_context(listen_stream(http, proxy, "GET /sse"))
         async with http.get(f"{proxy.base}/sse", headers={"Accept": "text/event-stream"}) as r:
             await _refused_for_now(r)
+
+
+# ----------------------------------------------------- item 5: keep-alive and abandonment
+
+
+async def test_a_quiet_listen_stream_gets_keep_alive_comments_and_no_proxy_buffering(
+    demo_proxy: DemoProxy,
+) -> None:
+    proxy = demo_proxy(stream_keepalive="1s")
+    async with aiohttp.ClientSession() as http, listen_stream(http, proxy, "GET /mcp") as stream:
+        assert stream.headers["X-Accel-Buffering"] == "no"
+        async with asyncio.timeout(CLOSED_WITHIN):
+            assert await stream.content.readline() == b": keep-alive\n"
+
+
+async def test_a_slow_sse_answer_gets_keep_alive_comments_before_its_result(
+    demo_proxy: DemoProxy,
+) -> None:
+    proxy = demo_proxy(stream_keepalive="1s")
+    async with aiohttp.ClientSession() as http:
+        session = await raw_initialize(http, proxy.url)
+        headers = {**MCP_HEADERS, "Mcp-Session-Id": session, "MCP-Protocol-Version": "2025-06-18"}
+        async with http.post(
+            proxy.url, json=tools_call(1, "sleep", seconds=3), headers=headers
+        ) as r:
+            assert r.content_type == "text/event-stream"
+            assert r.headers["X-Accel-Buffering"] == "no"
+            body = await r.read()
+    assert body.startswith(b": keep-alive\n\n"), body
+    assert b"slept 3s" in body
+
+
+@pytest.mark.parametrize("kind", ["GET /mcp", "GET /sse"])
+async def test_an_abandoned_stream_is_closed_on_both_sides_and_gives_its_slot_back(
+    demo_proxy: DemoProxy, kind: str
+) -> None:
+    # 50 GET /sse streams stayed open after their clients had gone.
+    transport = {"transport": "sse"} if kind == "GET /sse" else {}
+    proxy = demo_proxy(stream_keepalive="1s", max_streams=1, **transport)
+    async with aiohttp.ClientSession() as http:
+        async with listen_stream(http, proxy, kind) as stream:
+            await until_metric(proxy, "proxyrunner_streams_open", at_least=1)
+            stream.close()
+        await until_metric(proxy, "proxyrunner_streams_open", at_most=0, timeout=CLOSED_WITHIN)
+        await until_metric(proxy, "proxyrunner_inflight_requests", at_most=0)
+        # Its slot is free again: the one stream the replica allows opens.
+        async with listen_stream(http, proxy, kind):
+            pass
