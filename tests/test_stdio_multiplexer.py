@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import structlog
 
-from proxyrunner.backends.stdio.multiplexer import Multiplexer, Outcome, Session
+from proxyrunner.backends.stdio.conversation import Outcome, Session
+from proxyrunner.backends.stdio.multiplexer import Multiplexer
 from proxyrunner.mcp import jsonrpc
 
 LOG = structlog.get_logger().bind(test="multiplexer")

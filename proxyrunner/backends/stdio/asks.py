@@ -36,7 +36,7 @@ from proxyrunner.mcp import jsonrpc
 from proxyrunner.mcp.jsonrpc import Message
 
 if TYPE_CHECKING:
-    from proxyrunner.backends.stdio.multiplexer import Pending, Session
+    from proxyrunner.backends.stdio.conversation import Pending, Session
 
 ASKS_LIMIT: Final = 1000
 DEFAULT_HOLD: Final = 10.0

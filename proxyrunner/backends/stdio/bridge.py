@@ -15,16 +15,12 @@ import contextlib
 
 import structlog
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from proxyrunner.backends.channel import MessageChannel
 from proxyrunner.backends.stdio.legacy import LegacyFace
+from proxyrunner.backends.stdio.listener import guarded_app, listen
 from proxyrunner.backends.stdio.multiplexer import Multiplexer
 from proxyrunner.backends.stdio.streamable import StreamableFace
-from proxyrunner.errors import StartupError
-from proxyrunner.http_answers import error_response
-from proxyrunner.mcp import jsonrpc
-from proxyrunner.mcp.rebinding import RebindingRule
 from proxyrunner.tasks import Supervisor
 
 
@@ -46,9 +42,6 @@ class StdioBridge:
         self._max_body = max_body
         self.mux = Multiplexer(name, log, session_idle=session_idle, init_timeout=init_timeout)
         self._tasks = Supervisor(self._log)
-        # Loopback on a random port, but a page doing DNS rebinding could scan for it. The
-        # Origin is the client's, relayed by the proxy, which has judged it already.
-        self._rule = RebindingRule("127.0.0.1", check_origin=False)
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -67,7 +60,7 @@ class StdioBridge:
     def app(self) -> web.Application:
         streamable = StreamableFace(self.mux)
         legacy = LegacyFace(self.mux, self._tasks)
-        app = web.Application(client_max_size=self._max_body, middlewares=[self._guard])
+        app = guarded_app(self._max_body)
         app.router.add_get("/", self._probe)
         app.router.add_post("/mcp", streamable.post)
         app.router.add_get("/mcp", streamable.get)
@@ -77,29 +70,9 @@ class StdioBridge:
         app.router.add_post("/messages/", legacy.message)
         return app
 
-    @web.middleware
-    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        refused = self._rule.refusal(request.headers.get("Host"), None)
-        if refused is not None:
-            status, reason = refused
-            return error_response(status, jsonrpc.INVALID_REQUEST, reason)
-        return await handler(request)
-
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         """Listen for the data path's requests. StartupError when the port is taken."""
-        self._runner = web.AppRunner(
-            self.app(), handle_signals=False, access_log=None, shutdown_timeout=0.5
-        )
-        await self._runner.setup()
-        try:
-            await web.TCPSite(self._runner, host, port).start()
-        except OSError as exc:
-            await self._runner.cleanup()
-            self._runner = None
-            raise StartupError(
-                f"stdio bridge {self.name}: cannot listen on {host}:{port}: {exc.strerror or exc}"
-            ) from exc
-        self.port = int(self._runner.addresses[0][1])
+        self._runner, self.port = await listen(self.app(), self.name, host, port)
 
     async def close(self) -> None:
         await self._tasks.close()

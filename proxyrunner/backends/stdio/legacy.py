@@ -11,7 +11,8 @@ import itertools
 
 from aiohttp import web
 
-from proxyrunner.backends.stdio.multiplexer import Multiplexer, Pending, Session
+from proxyrunner.backends.stdio.conversation import Pending, Session
+from proxyrunner.backends.stdio.multiplexer import Multiplexer
 from proxyrunner.backends.stdio.streamable import (
     open_event_stream,
     pump,

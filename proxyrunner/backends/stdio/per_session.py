@@ -28,11 +28,10 @@ from aiohttp.typedefs import Handler
 
 from proxyrunner.backends.channel import ProcessChannel, StderrTail, stop_process
 from proxyrunner.backends.stdio.bridge import StdioBridge
+from proxyrunner.backends.stdio.listener import guarded_app, listen
 from proxyrunner.backends.stdio.streamable import StreamableFace, revision_refusal
-from proxyrunner.errors import StartupError
 from proxyrunner.http_answers import error_response, session_not_found
 from proxyrunner.mcp import jsonrpc, revisions
-from proxyrunner.mcp.rebinding import RebindingRule
 from proxyrunner.metrics import Metrics
 from proxyrunner.principal import short_hash
 from proxyrunner.tasks import Supervisor
@@ -86,8 +85,6 @@ class PerSessionBridge:
         self._by_session: dict[str, _Child] = {}
         self._numbers = itertools.count(1)
         self._tasks = Supervisor(self._log)
-        # As StdioBridge: loopback on a random port; the proxy has judged the Origin.
-        self._rule = RebindingRule("127.0.0.1", check_origin=False)
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -101,35 +98,15 @@ class PerSessionBridge:
         return len(self._children)
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self._max_body, middlewares=[self._guard])
+        app = guarded_app(self._max_body)
         app.router.add_get("/", self._probe)
         app.router.add_post("/mcp", self.post)
         app.router.add_get("/mcp", self.get)
         app.router.add_delete("/mcp", self.delete)
         return app
 
-    @web.middleware
-    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        refused = self._rule.refusal(request.headers.get("Host"), None)
-        if refused is not None:
-            status, reason = refused
-            return error_response(status, jsonrpc.INVALID_REQUEST, reason)
-        return await handler(request)
-
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._runner = web.AppRunner(
-            self.app(), handle_signals=False, access_log=None, shutdown_timeout=0.5
-        )
-        await self._runner.setup()
-        try:
-            await web.TCPSite(self._runner, host, port).start()
-        except OSError as exc:
-            await self._runner.cleanup()
-            self._runner = None
-            raise StartupError(
-                f"stdio bridge {self.name}: cannot listen on {host}:{port}: {exc.strerror or exc}"
-            ) from exc
-        self.port = int(self._runner.addresses[0][1])
+        self._runner, self.port = await listen(self.app(), self.name, host, port)
         self._tasks.spawn(f"idle reaper {self.name}", self._reap_idle)
 
     async def close(self) -> None:

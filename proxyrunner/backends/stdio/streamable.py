@@ -13,7 +13,8 @@ from typing import Final
 
 from aiohttp import web
 
-from proxyrunner.backends.stdio.multiplexer import Mode, Multiplexer, Outcome, Pending
+from proxyrunner.backends.stdio.conversation import Mode, Outcome, Pending
+from proxyrunner.backends.stdio.multiplexer import Multiplexer
 from proxyrunner.backends.stdio.outbox import Outbox
 from proxyrunner.http_answers import error_response, json_response, session_not_found
 from proxyrunner.mcp import jsonrpc, revisions
