@@ -17,10 +17,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import grp
 import json
 import os
-import pwd
 import resource
 import shutil
 import sys
@@ -32,13 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-
-# Run as a script, this directory is on sys.path: share the process handling, wrk driver
-# and session check with proxy_overhead.py instead of copying them.
 from proxy_overhead import (
     BASE_HEADERS,
-    CANNED_BODY,
-    CANNED_SESSION_ID,
     CHECK_CALL_BODY,
     CLK_TCK,
     INITIALIZE_BODY,
@@ -63,6 +56,10 @@ from proxy_overhead import (
     uninterruptible,
     wait_until,
 )
+
+# Run as a script, this directory is on sys.path: share the process handling, wrk driver
+# and session check with proxy_overhead.py instead of copying them.
+from proxy_overhead import nginx_config as canned_nginx_config
 
 SESSION_TARGET_KB = 2.0
 STREAM_TARGET_KB = 20.0
@@ -91,52 +88,7 @@ def nginx_config(workdir: Path, port: int, hold_port: int, connections: int) -> 
     """The canned backend of proxy_overhead.py, plus GET /mcp passed unbuffered to the
     stream holder: nginx cannot keep a response open by itself without trickling bytes,
     and a trickle would keep every held stream busy in the proxy."""
-    user_line = ""
-    if os.geteuid() == 0:
-        user = pwd.getpwuid(os.geteuid()).pw_name
-        group = grp.getgrgid(os.getegid()).gr_name
-        user_line = f"user {user} {group};"
-    body = CANNED_BODY.replace("'", "\\'")
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    nofile = min(hard, 2 * connections + 256)
-    return f"""
-{user_line}
-daemon off;
-worker_processes 1;
-worker_rlimit_nofile {nofile};
-pid {workdir}/nginx.pid;
-error_log {workdir}/nginx-error.log warn;
-events {{ worker_connections {connections}; }}
-http {{
-    access_log off;
-    server_tokens off;
-    client_body_temp_path {workdir}/nginx-body;
-    proxy_temp_path {workdir}/nginx-proxy;
-    fastcgi_temp_path {workdir}/nginx-fastcgi;
-    uwsgi_temp_path {workdir}/nginx-uwsgi;
-    scgi_temp_path {workdir}/nginx-scgi;
-    keepalive_requests 100000000;
-    keepalive_timeout 300s;
-    server {{
-        listen 127.0.0.1:{port};
-        location = /mcp {{
-            error_page 418 = @listen;
-            if ($request_method = GET) {{ return 418; }}
-            default_type application/json;
-            add_header Mcp-Session-Id {CANNED_SESSION_ID} always;
-            return 200 '{body}';
-        }}
-        location @listen {{
-            proxy_pass http://127.0.0.1:{hold_port};
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_buffering off;
-            proxy_read_timeout 3600s;
-        }}
-        location / {{ return 404; }}
-    }}
-}}
-"""
+    return canned_nginx_config(workdir, port, connections=connections, listen_upstream=hold_port)
 
 
 class StreamHolder:

@@ -21,6 +21,7 @@ import grp
 import json
 import os
 import pwd
+import resource
 import secrets
 import shutil
 import signal
@@ -380,7 +381,17 @@ class TokenIssuer:
 # --------------------------------------------------------------------------- services
 
 
-def nginx_config(workdir: Path, port: int, static: dict[str, Path] | None = None) -> str:
+def nginx_config(
+    workdir: Path,
+    port: int,
+    static: dict[str, Path] | None = None,
+    *,
+    connections: int = 1024,
+    listen_upstream: int | None = None,
+) -> str:
+    """The canned backend: POST /mcp answers a fixed tools/call result. ``static`` adds
+    GET-only JSON files; ``listen_upstream`` passes GET /mcp (listen streams) unbuffered
+    to that loopback port; ``connections`` sizes nginx for that many at once."""
     user_line = ""
     if os.geteuid() == 0:
         # As root, nginx would switch its worker to "nobody": keep the current user instead.
@@ -397,13 +408,31 @@ def nginx_config(workdir: Path, port: int, static: dict[str, Path] | None = None
         }}"""
         for path, file in (static or {}).items()
     )
+    rlimit = ""
+    if connections != 1024:
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        rlimit = f"\nworker_rlimit_nofile {min(hard, 2 * connections + 256)};"
+    methods = "limit_except POST { deny all; }"
+    listen_location = ""
+    if listen_upstream is not None:
+        methods = (
+            "error_page 418 = @listen;\n            if ($request_method = GET) { return 418; }"
+        )
+        listen_location = f"""
+        location @listen {{
+            proxy_pass http://127.0.0.1:{listen_upstream};
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_read_timeout 3600s;
+        }}"""
     return f"""
 {user_line}
 daemon off;
-worker_processes 1;
+worker_processes 1;{rlimit}
 pid {workdir}/nginx.pid;
 error_log {workdir}/nginx-error.log warn;
-events {{ worker_connections 1024; }}
+events {{ worker_connections {connections}; }}
 http {{
     access_log off;
     server_tokens off;
@@ -417,11 +446,11 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         location = /mcp {{
-            limit_except POST {{ deny all; }}
+            {methods}
             default_type application/json;
             add_header Mcp-Session-Id {CANNED_SESSION_ID} always;
             return 200 '{body}';
-        }}{static_locations}
+        }}{listen_location}{static_locations}
         location / {{ return 404; }}
     }}
 }}
