@@ -328,6 +328,48 @@ async def test_deletes_and_refreshes_queued_during_an_outage_reach_redis_after_i
         assert await store.get(dropped.session_id) is None
 
 
+async def test_sessions_created_during_an_outage_stay_findable_when_the_lru_evicts_them(
+    replicas: Replicas, redis_server: RedisServer
+) -> None:
+    store = await replicas.make({"session_cache_size": 2})
+    redis_server.kill()
+    await eventually_async(unusable(store), 10, "the store to notice the outage")
+    created = [record() for _ in range(6)]
+    for session in created:
+        assert await store.create(session)
+    assert sum(store.local_sessions_by_backend().values()) == 2  # the LRU evicted four
+    # Each one is still found (and a second create of the same id is still refused),
+    # however often the LRU evicts the others meanwhile.
+    for _ in range(2):
+        for session in created:
+            assert await store.get(session.session_id) == session
+            assert not await store.create(session)
+    redis_server.start()
+
+    def all_in_redis() -> bool:
+        return all(redis_server.integer("EXISTS", KEY_PREFIX + s.session_id) for s in created)
+
+    await eventually_async(all_in_redis, 15, "the sessions created meanwhile to reach Redis")
+    for session in created:
+        assert await store.get(session.session_id) == session
+
+
+async def test_a_created_session_redis_refused_to_store_is_found_after_eviction(
+    replicas: Replicas, redis_server: RedisServer
+) -> None:
+    """Redis up but refusing the SET (out of memory): nothing is marked down, Redis
+    answers "no such key", and the session still exists."""
+    store = await replicas.make({"session_cache_size": 1}, flush_interval=3600)
+    redis_server.command("CONFIG", "SET", "maxmemory", "1")
+    refused = record()
+    assert await store.create(refused)
+    redis_server.command("CONFIG", "SET", "maxmemory", "0")
+    assert await store.create(record())  # evicts the refused one from the LRU
+    assert store.health().usable
+    assert redis_server.integer("EXISTS", KEY_PREFIX + refused.session_id) == 0
+    assert await store.get(refused.session_id) == refused
+
+
 # --------------------------------------------------------------------- the final flush
 
 

@@ -162,7 +162,7 @@ class TieredSessionStore:
 
     async def create(self, record: SessionRecord) -> bool:
         sid = record.session_id
-        if sid in self._cache:
+        if sid in self._cache or self._pending.created(sid) is not None:
             return False
         if self._link.up:
             try:
@@ -188,6 +188,8 @@ class TieredSessionStore:
         entry = self._cache.get(session_id)
         now = self._clock()
         up = self._link.up
+        if entry is None:
+            entry = self._recall_pending(session_id, now)
         if entry is not None and (now - entry.fetched < self._max_age or not up):
             entry.used_since_refresh = True
             self._metrics.store_lookups.labels("hit").inc()
@@ -201,6 +203,10 @@ class TieredSessionStore:
             return entry.record if entry is not None else None
         record = SessionRecord.from_json(raw) if raw is not None else None
         if record is None:
+            pending = self._pending.created(session_id)
+            if pending is not None:
+                # Created here, its SET NX not yet through: Redis cannot know it yet.
+                return pending
             if self._cache.pop(session_id) is not None:
                 self._metrics.sessions_ended.labels(reason="expired").inc()
             return None
@@ -247,6 +253,16 @@ class TieredSessionStore:
 
     def local_sessions_by_backend(self) -> Mapping[str, int]:
         return self._cache.by_backend()
+
+    def _recall_pending(self, session_id: str, now: float) -> CachedSession | None:
+        """A session the LRU evicted before Redis received it: back into the LRU from the
+        pending creates (this replica's copy is the only one; Redis is not asked)."""
+        record = self._pending.created(session_id)
+        if record is None:
+            return None
+        entry = CachedSession(record, now)
+        self._cache.put(session_id, entry)
+        return entry
 
     def _hold_pending(self, record: SessionRecord) -> None:
         """Keep a new session until Redis is back, within ``max_pending_sessions``: a

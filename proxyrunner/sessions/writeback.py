@@ -51,6 +51,11 @@ class PendingWrites:
     def delete(self, session_id: str) -> None:
         self._deletes.add(session_id)
 
+    def created(self, session_id: str) -> SessionRecord | None:
+        """The record of a session created here and not yet written to Redis: it exists
+        even when the LRU has evicted it (or Redis, not having it yet, says it does not)."""
+        return self._creates.get(session_id)
+
     def forget_create(self, session_id: str) -> bool:
         """Drop a pending create (the session was deleted); True if there was one."""
         return self._creates.pop(session_id, None) is not None
