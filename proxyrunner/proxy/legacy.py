@@ -84,7 +84,7 @@ class LegacySSE:
     async def stream(self, exchange: Exchange) -> web.StreamResponse:
         parts = self._p
         request = exchange.request
-        backend = self._router.pick_for_new_session()
+        backend = self._router.place_new_session()
         upstream = await parts.forwarder.forward(exchange, backend, url=backend.url)
         record: SessionRecord | None = None
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 
 from proxyrunner.backends.directory import Backend, BackendDirectory
+from proxyrunner.errors import StoreFull
 from proxyrunner.proxy.errors import ServiceUnavailable
 from proxyrunner.sessions.record import SessionRecord
 from proxyrunner.sessions.store import SessionStore
@@ -37,6 +38,16 @@ class Router:
         start = next(self._turn) % len(ready)
         rotated = ready[start:] + ready[:start]
         return min(rotated, key=lambda b: counts.get(b.name, 0))
+
+    def place_new_session(self) -> Backend:
+        """``pick_for_new_session``, once the store has made room for the session: a
+        full store (503) is found out before any backend creates a session for it."""
+        backend = self.pick_for_new_session()
+        try:
+            self._store.make_room()
+        except StoreFull as exc:
+            raise ServiceUnavailable(str(exc)) from None
+        return backend
 
     def pick_stateless(self) -> Backend:
         """Any ready backend, round robin: for requests that belong to no session."""

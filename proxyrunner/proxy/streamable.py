@@ -110,7 +110,7 @@ class StreamableHTTP:
     async def _initialize(
         self, exchange: Exchange, body: bytes, protocol_version: str | None
     ) -> web.StreamResponse:
-        backend = self._router.pick_for_new_session()
+        backend = self._router.place_new_session()
         upstream = await self._p.forwarder.forward(exchange, backend)
         backend_sid = upstream.headers.get(SESSION_HEADER)
         if backend_sid is None or upstream.status != 200:
@@ -136,16 +136,18 @@ class StreamableHTTP:
             init_request=stored,
             principal=binding_of(exchange),
         )
+        refusal = "the session store cannot record new sessions"
         try:
             created = await self._p.store.create(record)
         except StoreFull as exc:
-            upstream.release()
-            raise ServiceUnavailable(str(exc)) from None
+            refusal, created = str(exc), False
         except StoreUnavailable:
             created = False
         if not created:
+            # Filled up while the backend answered: end the backend's session too.
             upstream.release()
-            raise ServiceUnavailable("the session store cannot record new sessions")
+            await self._end_backend_session(exchange, backend, backend_sid)
+            raise ServiceUnavailable(refusal)
         self._p.log.info(
             "session created",
             session=record.session_id,
@@ -153,6 +155,14 @@ class StreamableHTTP:
             protocol_version=protocol_version,
         )
         return await self._relay.answer(exchange, upstream, record.session_id)
+
+    async def _end_backend_session(
+        self, exchange: Exchange, backend: Backend, backend_sid: str
+    ) -> None:
+        forwarder = self._p.forwarder
+        headers = forwarder.headers_for(exchange, backend_sid)
+        with contextlib.suppress(BackendFailure):
+            await forwarder.fetch("DELETE", backend.url, headers, None, backend=backend.name)
 
     async def _stateless(self, exchange: Exchange) -> web.StreamResponse:
         backend = self._router.pick_stateless()

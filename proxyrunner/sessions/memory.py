@@ -93,6 +93,12 @@ class MemorySessionStore:
         self._metrics.sessions_refused.labels(reason="store_full").inc()
         raise StoreFull("every session this replica holds is in use; try again later")
 
+    def make_room(self) -> None:
+        now = self._clock()
+        self._expire(now)
+        while len(self._entries) >= self._max:
+            self._make_room(now)
+
     async def create(self, record: SessionRecord) -> bool:
         now = self._clock()
         self._expire(now)

@@ -36,6 +36,11 @@ class SessionStore(Protocol):
 
     def health(self) -> StoreHealth: ...
 
+    def make_room(self) -> None:
+        """Make room for one new session now (the memory store evicts an idle one if it
+        must), or raise StoreFull. Called before a backend is asked to create a session,
+        so that a session this store would refuse never reaches the backend."""
+
     async def create(self, record: SessionRecord) -> bool:
         """Store a new session; False if the id is already taken. Raises StoreUnavailable
         when the session cannot be recorded anywhere."""

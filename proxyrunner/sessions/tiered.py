@@ -264,12 +264,20 @@ class TieredSessionStore:
         self._cache.put(session_id, entry)
         return entry
 
-    def _hold_pending(self, record: SessionRecord) -> None:
-        """Keep a new session until Redis is back, within ``max_pending_sessions``: a
-        long outage must not let new clients grow this process without bound."""
+    def make_room(self) -> None:
+        # Redis up: a create goes there, and is held only if that very command fails.
+        if not self._link.up:
+            self._refuse_if_pending_full()
+
+    def _refuse_if_pending_full(self) -> None:
         if self._pending.creates >= self._max_pending:
             self._metrics.sessions_refused.labels(reason="pending_full").inc()
             raise StoreFull("this replica holds all the new sessions it can until Redis is back")
+
+    def _hold_pending(self, record: SessionRecord) -> None:
+        """Keep a new session until Redis is back, within ``max_pending_sessions``: a
+        long outage must not let new clients grow this process without bound."""
+        self._refuse_if_pending_full()
         self._pending.create(record)
 
     # ---------------------------------------------------------------- internals

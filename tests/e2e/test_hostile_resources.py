@@ -26,6 +26,7 @@ from tests.helpers import (
     until_metric,
 )
 from tests.procs import Proxy
+from tests.raw_backend import RawBackend, ok_response, read_message
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(90)
@@ -135,6 +136,71 @@ async def test_a_full_memory_store_refuses_new_sessions_rather_than_evict_busy_o
             answer = await _call(http, proxy, session, text="still here")
             assert answer["result"]["content"][0]["text"] == "still here"
         assert (await slow)["result"]["content"][0]["text"] == "slept 4s"
+
+
+class SessionCountingBackend:
+    """A raw MCP backend that counts the sessions it creates and ends: every initialize
+    gets a new ``Mcp-Session-Id``, ``GET /mcp`` an event stream held open."""
+
+    def __init__(self) -> None:
+        self.created = 0
+        self.ended = 0
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head, body = await read_message(reader)
+            if head.startswith(b"GET /mcp"):
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n")
+                await writer.drain()
+                await reader.read()  # until the proxy closes it
+                return
+            if head.startswith(b"DELETE"):
+                self.ended += 1
+                writer.write(ok_response(b""))
+            elif b'"initialize"' in body:
+                self.created += 1
+                writer.write(ok_response(extra=b"Mcp-Session-Id: backend-%d\r\n" % self.created))
+            elif b'"notifications/' in body:
+                writer.write(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n")
+            else:
+                writer.write(ok_response())
+            await writer.drain()
+
+
+async def test_an_initialize_a_full_memory_store_refuses_never_reaches_the_backend(
+    start_proxy: StartProxy,
+) -> None:
+    counting = SessionCountingBackend()
+    async with RawBackend(counting.serve) as backend, aiohttp.ClientSession() as http:
+        url = f"http://127.0.0.1:{backend.port}/mcp"
+        # A short keep-alive: the closed listen stream is noticed within a second.
+        config = {
+            "name": "demo",
+            "remote_url": url,
+            "session_cache_size": 1,
+            "stream_keepalive": "1s",
+        }
+        proxy = await asyncio.to_thread(start_proxy, config)
+        session = await raw_initialize(http, proxy.url)
+        assert counting.created == 1
+        async with listen_stream(http, proxy, "GET /mcp", session):
+            for _ in range(3):
+                async with http.post(proxy.url, json=INIT, headers=MCP_HEADERS) as response:
+                    await _refused_for_now(response)
+            # Refused before forwarding: no backend session was made (and so none leaks).
+            assert counting.created == 1
+            assert counting.ended == 0
+            assert (
+                await labelled_metric(
+                    proxy, "proxyrunner_sessions_refused_total", reason="store_full"
+                )
+                == 3
+            )
+        # The contrast: with the one session idle again, the next initialize evicts it
+        # and does reach the backend.
+        await until_metric(proxy, "proxyrunner_inflight_requests", at_most=0)
+        await raw_initialize(http, proxy.url)
+        assert counting.created == 2
 
 
 async def test_idle_sessions_of_a_full_memory_store_are_still_evicted_least_recent_first(
