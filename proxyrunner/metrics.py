@@ -250,6 +250,11 @@ class Metrics:
             "session has a request or stream in flight).",
             "reason",
         )
+        self.pending_deletes_dropped = counter(
+            "pending_deletes_dropped",
+            "Session deletes dropped unsent while Redis was down, past max_pending_sessions "
+            "waiting (the oldest first); each session lives on in Redis until its TTL.",
+        )
         self.connections_open = gauge("client_connections", "Open client connections.")
         self.connections_closed = counter(
             "client_connections_closed",

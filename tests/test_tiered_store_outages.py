@@ -328,6 +328,42 @@ async def test_deletes_and_refreshes_queued_during_an_outage_reach_redis_after_i
         assert await store.get(dropped.session_id) is None
 
 
+async def test_deletes_queued_during_an_outage_are_bounded_dropping_the_oldest_counted(
+    persistent_redis: RedisServer,
+) -> None:
+    metrics = Metrics()
+
+    def dropped() -> float:
+        sample = "proxyrunner_pending_deletes_dropped_total"
+        return metrics.registry.get_sample_value(sample) or 0
+
+    async with Replicas(persistent_redis) as replicas:
+        store = await replicas.make({"max_pending_sessions": 3}, metrics=metrics)
+        sessions = [record() for _ in range(5)]
+        for session in sessions:
+            assert await store.create(session)
+        persistent_redis.kill()
+        await eventually_async(unusable(store), 10, "the store to notice the outage")
+        for session in sessions:
+            assert await store.delete(session.session_id)
+        # A delete queued twice is one delete: nothing more is dropped.
+        assert await store.delete(sessions[-1].session_id) is False
+        assert dropped() == 2
+        persistent_redis.start()
+        newest = [KEY_PREFIX + s.session_id for s in sessions[2:]]
+        await eventually_async(
+            lambda: not any(persistent_redis.integer("EXISTS", key) for key in newest),
+            15,
+            "the three newest deletes to reach Redis",
+        )
+        # The two oldest were dropped: their sessions live on in Redis until their TTL.
+        for session in sessions[:2]:
+            key = KEY_PREFIX + session.session_id
+            assert persistent_redis.integer("EXISTS", key) == 1
+            assert persistent_redis.integer("TTL", key) > 0
+    assert dropped() == 2
+
+
 async def test_sessions_created_during_an_outage_stay_findable_when_the_lru_evicts_them(
     replicas: Replicas, redis_server: RedisServer
 ) -> None:

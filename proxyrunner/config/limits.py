@@ -25,7 +25,9 @@ class LimitsConfig:
     max_pending_sessions: int = 10_000
     """New sessions kept only in this replica while Redis is down, waiting to be written
     (``max_pending_sessions``; 10 000). Past it, ``initialize`` gets 503 with
-    ``Retry-After`` rather than growing memory (``proxyrunner_sessions_refused_total``)."""
+    ``Retry-After`` rather than growing memory (``proxyrunner_sessions_refused_total``).
+    Deletes waiting for Redis are bounded by it too: past it the oldest is dropped
+    (``proxyrunner_pending_deletes_dropped_total``) and its session ends by its TTL."""
     header_timeout: float = 10.0
     """A request's line and headers must arrive within this from their first byte
     (``header_timeout``; 10 s); the connection is closed otherwise (slowloris)."""

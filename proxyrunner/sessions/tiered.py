@@ -100,7 +100,13 @@ class TieredSessionStore:
         self._link = RedisLink(rc, secrets.redis_password, metrics, self._log)
         self._cache = SessionCache(config.sessions.cache_size)
         self._pending = PendingWrites(
-            self._link, self._keys, self._cache, metrics, config.sessions.touch_interval, clock
+            self._link,
+            self._keys,
+            self._cache,
+            metrics,
+            config.sessions.touch_interval,
+            clock,
+            max_deletes=self._max_pending,
         )
         self._tasks = Supervisor(self._log)
         self._rebind_script = self._link.script(_REBIND_SCRIPT)

@@ -3,6 +3,9 @@
 Creates and deletes that could not be sent (Redis down, credentials refused, a command
 failed) wait here; so do the TTL refreshes of sessions used since their last refresh,
 coalesced to one batch per ``session_touch_interval``. ``flush`` sends all of it at once.
+Deletes are bounded like creates, by ``max_pending_sessions``: past it the oldest one is
+dropped and counted (its session then lives on in Redis until its TTL ends it), so that a
+long outage cannot grow this process without bound.
 Every command is idempotent (``SET NX``, ``DEL``, ``EXPIRE``), so a flush that fails or is
 cancelled half way leaves everything pending and is simply sent again.
 """
@@ -26,6 +29,7 @@ class PendingWrites:
         metrics: Metrics,
         touch_interval: float,
         clock: Callable[[], float],
+        max_deletes: int,
     ) -> None:
         self._link = link
         self._keys = keys
@@ -34,7 +38,10 @@ class PendingWrites:
         self._touch_interval = touch_interval
         self._clock = clock
         self._creates: dict[str, SessionRecord] = {}
-        self._deletes: set[str] = set()
+        self._max_deletes = max_deletes
+        # Insertion-ordered: the oldest delete is dropped first. Its session was used
+        # least recently of those deleted, so its key is the nearest to expiring anyway.
+        self._deletes: dict[str, None] = {}
         self._next_refresh = clock() + touch_interval
 
     @property
@@ -49,7 +56,11 @@ class PendingWrites:
         self._creates[record.session_id] = record
 
     def delete(self, session_id: str) -> None:
-        self._deletes.add(session_id)
+        self._deletes.pop(session_id, None)
+        self._deletes[session_id] = None
+        if len(self._deletes) > self._max_deletes:
+            del self._deletes[next(iter(self._deletes))]
+            self._metrics.pending_deletes_dropped.inc()
 
     def created(self, session_id: str) -> SessionRecord | None:
         """The record of a session created here and not yet written to Redis: it exists
@@ -101,7 +112,7 @@ class PendingWrites:
                 del self._creates[sid]
         for sid in deletes:
             if self._succeeded(next(results), "delete"):
-                self._deletes.discard(sid)
+                self._deletes.pop(sid, None)
             self._succeeded(next(results), "publish")
         for sid in due:
             self._refreshed(sid, next(results))
