@@ -32,7 +32,9 @@ class Traffic:
         self._streams = 0
         self._waiters = 0
         self._wakeup = asyncio.Event()
-        self._closing = asyncio.Event()
+        self._closing = False
+        # One plain future per open listen stream (not a task), done on close_streams.
+        self._stream_closing: set[asyncio.Future[None]] = set()
         self.draining = False
         """Set when the process stops taking new traffic: /readyz turns 503."""
         self.cancelled = 0
@@ -84,12 +86,19 @@ class Traffic:
         return session_id in self._held
 
     @contextmanager
-    def listen_stream(self) -> Iterator[None]:
-        """Within a ``request()``: the request is now a stream that drain may end early."""
+    def listen_stream(self) -> Iterator[asyncio.Future[None]]:
+        """Within a ``request()``: the request is now a stream that drain may end early.
+        Yields the stream's own future, done once ``close_streams`` was called."""
+        closing: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._closing:
+            closing.set_result(None)
+        self._stream_closing.add(closing)
         self._streams += 1
         try:
-            yield
+            yield closing
         finally:
+            self._stream_closing.discard(closing)
+            closing.cancel()
             self._streams -= 1
             if self._waiters:
                 self._wakeup.set()
@@ -116,7 +125,7 @@ class Traffic:
         """Ask every listen stream, open now or opened later, to end at its next event
         boundary with ``retry_ms`` as the reconnect hint."""
         self.retry_ms = retry_ms
-        self._closing.set()
-
-    async def wait_closing(self) -> None:
-        await self._closing.wait()
+        self._closing = True
+        for closing in self._stream_closing:
+            if not closing.done():
+                closing.set_result(None)

@@ -63,6 +63,19 @@ def test_both_renderings_send_the_same_headers() -> None:
     )
 
 
+def test_a_pooled_get_carries_the_same_headers_and_no_body_framing() -> None:
+    request = make_mocked_request("GET", "/mcp", headers=CIMultiDict(CLIENT_HEADERS))
+    headers = ForwardedHeaders(request, "backend-owned")
+    as_bytes = parse_head(headers.head(b"GET /mcp HTTP/1.1\r\nHost: backend:80\r\n", None))
+    # What ClientSession sends for a GET without a body: no length, no default type.
+    assert as_bytes.popall("Host") == ["backend:80"]
+    assert "Content-Length" not in as_bytes
+    assert "Content-Type" not in as_bytes
+    assert sorted((k.lower(), v) for k, v in as_bytes.items()) == sorted(
+        (k.lower(), v) for k, v in headers.multidict().items()
+    )
+
+
 def test_a_backend_session_id_with_a_line_break_is_refused() -> None:
     request = make_mocked_request("POST", "/mcp", headers=CIMultiDict(CLIENT_HEADERS))
     with pytest.raises(ValueError, match="line break"):

@@ -4,6 +4,7 @@ polling)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -48,15 +49,17 @@ async def test_work_is_done_when_only_listen_streams_remain() -> None:
 
 async def test_closing_streams_wakes_every_stream_waiting_for_it() -> None:
     traffic = Traffic()
-    waiters = [asyncio.create_task(traffic.wait_closing()) for _ in range(3)]
-    await asyncio.sleep(0)
-    traffic.close_streams(retry_ms=250)
-    async with asyncio.timeout(2):
-        await asyncio.gather(*waiters)
-    assert traffic.retry_ms == 250
-    # A stream opened after the request to close still sees it at once.
-    async with asyncio.timeout(2):
-        await traffic.wait_closing()
+    with contextlib.ExitStack() as streams:
+        closing = [streams.enter_context(traffic.listen_stream()) for _ in range(3)]
+        assert not any(future.done() for future in closing)
+        traffic.close_streams(retry_ms=250)
+        async with asyncio.timeout(2):
+            await asyncio.gather(*closing)
+        assert traffic.retry_ms == 250
+        # A stream opened after the request to close sees it at once.
+        with traffic.listen_stream() as late:
+            assert late.done()
+    assert traffic.streams == 0
 
 
 @pytest.mark.parametrize(("draining", "counted"), [(False, 0), (True, 1)])

@@ -153,9 +153,10 @@ class ForwardedHeaders:
         out["X-Forwarded-Host"] = host
         return out
 
-    def head(self, start: bytes, body_length: int) -> bytes:
+    def head(self, start: bytes, body_length: int | None) -> bytes:
         """For the pooled client: ``start`` (request line and Host), these headers, what
-        ClientSession would add for an in-memory body, and the blank line.
+        ClientSession would add for an in-memory body (none for ``body_length`` None: a
+        GET), and the blank line.
 
         Built from the raw header bytes the client sent, so nothing is decoded, copied into
         a multidict and encoded again; those bytes were validated by the server's parser.
@@ -185,9 +186,10 @@ class ForwardedHeaders:
         for name, lowered, line in _AUTO_HEADERS:
             if name not in incoming or lowered in drop:
                 append(line)
-        append(b"Content-Length: %d\r\n" % body_length)
-        if "Content-Type" not in incoming or b"content-type" in drop:
-            append(_DEFAULT_CONTENT_TYPE)
+        if body_length is not None:
+            append(b"Content-Length: %d\r\n" % body_length)
+            if "Content-Type" not in incoming or b"content-type" in drop:
+                append(_DEFAULT_CONTENT_TYPE)
         append(b"\r\n")
         return b"".join(parts)
 

@@ -23,7 +23,7 @@ from proxyrunner.mcp import jsonrpc
 from proxyrunner.proxy.errors import BackendClosedEarly, BackendMisbehaved
 from proxyrunner.proxy.events import EventReader, EventRewriter, Rewrite
 from proxyrunner.proxy.headers import client_response_headers
-from proxyrunner.proxy.heartbeat import Heartbeat
+from proxyrunner.proxy.heartbeat import Heartbeat, Heartbeats
 from proxyrunner.proxy.pipeline import AnswerWatcher, Exchange
 from proxyrunner.proxy.upstream import BackendResponse
 from proxyrunner.traffic import Traffic
@@ -40,7 +40,7 @@ class Relay:
     ) -> None:
         self._traffic = traffic
         self._log = log
-        self._keepalive = keepalive
+        self._heartbeats = Heartbeats(keepalive)
 
     async def answer(
         self,
@@ -85,15 +85,15 @@ class Relay:
                 while chunk := await content.readany():
                     await response.write(chunk)
             else:
-                beat = Heartbeat(self._keepalive, response, upstream.content)
+                beat = self._heartbeats.beat(response, upstream.content)
                 try:
                     listening = (
                         request.method == "GET" or exchange.rpc_method in jsonrpc.LISTEN_METHODS
                     )
                     if listening:
                         # A listen stream: the one kind drain ends early (with a retry hint).
-                        with self._traffic.listen_stream():
-                            await self._listen(content, response, watchers, reader, beat)
+                        with self._traffic.listen_stream() as closing:
+                            await self._listen(content, response, watchers, reader, beat, closing)
                     else:
                         await _copy_events(content, response, watchers, reader, beat)
                 finally:
@@ -124,34 +124,32 @@ class Relay:
         watchers: Sequence[AnswerWatcher],
         reader: EventReader | None,
         beat: Heartbeat,
+        closing: asyncio.Future[None],
     ) -> None:
         """Copy an SSE body until the backend ends it, the client goes away, or the proxy
-        drains (then finish the current event, send ``retry:`` and stop)."""
+        drains (``closing``: then finish the current event, send ``retry:`` and stop)."""
         traffic = self._traffic
         at_boundary = True
-        closing = asyncio.ensure_future(traffic.wait_closing())
-        try:
-            while True:
-                read = asyncio.ensure_future(content.readany())
-                beat.waiting = True
-                done, _ = await asyncio.wait({read, closing}, return_when=asyncio.FIRST_COMPLETED)
-                beat.waiting = False
-                if read not in done:
-                    if not at_boundary:
-                        at_boundary = await self._finish_event(content, downstream, read)
-                    else:
-                        read.cancel()
-                    if at_boundary:
-                        await downstream.write(f"retry: {traffic.retry_ms}\n\n".encode())
-                    return
-                chunk = read.result()
-                if not chunk:
-                    return
-                await downstream.write(chunk)
-                _watch_events(watchers, reader, chunk)
-                at_boundary = beat.at_boundary = _ends_event(chunk)
-        finally:
-            closing.cancel()
+        while True:
+            read = asyncio.ensure_future(content.readany())
+            beat.waiting = True
+            either: set[asyncio.Future[Any]] = {read, closing}
+            done, _ = await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            beat.waiting = False
+            if read not in done:
+                if not at_boundary:
+                    at_boundary = await self._finish_event(content, downstream, read)
+                else:
+                    read.cancel()
+                if at_boundary:
+                    await downstream.write(f"retry: {traffic.retry_ms}\n\n".encode())
+                return
+            chunk = read.result()
+            if not chunk:
+                return
+            await downstream.write(chunk)
+            _watch_events(watchers, reader, chunk)
+            at_boundary = beat.at_boundary = _ends_event(chunk)
 
     async def _finish_event(
         self,

@@ -10,9 +10,10 @@ response protocol (``ResponseHandler``: the C llhttp parser and a ``StreamReader
 aiohttp's flow control). So response framing, chunked decoding, SSE streaming and the
 errors raised on a broken body are exactly those of ``ClientSession``.
 
-Scope: plain ``http://`` backends and request bodies already in memory. Everything else
-(streamed request bodies, GET listen streams, DELETE, TLS, query strings) stays on the
-ClientSession path.
+Scope: plain ``http://`` backends, request bodies already in memory, and GET listen
+streams (an open stream then holds a handler, a parser and a ``StreamReader``, not a
+ClientSession request and response with their timers and traces). Everything else
+(streamed request bodies, DELETE, TLS, query strings) stays on the ClientSession path.
 
 Connection rules:
 
