@@ -152,6 +152,7 @@ class ProxyProcess:
                 pool,
                 timeout=config.backend.timeout,
                 max_body=config.listen.max_request_body,
+                body_timeout=config.limits.body_timeout,
                 trust_proxy_headers=config.listen.trust_proxy_headers,
                 metrics=self.metrics,
                 log=self.log,

@@ -32,8 +32,9 @@ class LimitsConfig:
     """A request's line and headers must arrive within this from their first byte
     (``header_timeout``; 10 s); the connection is closed otherwise (slowloris)."""
     body_timeout: float = 30.0
-    """A request body read whole by the proxy must arrive within this
-    (``body_timeout``; 30 s); 408 and the connection closed otherwise."""
+    """A request body must arrive within this (``body_timeout``; 30 s); 408 and the
+    connection closed otherwise. A body read whole is timed by the body stage, one
+    streamed through to the backend (large, in a session) by the forwarder."""
     keepalive_timeout: float = 75.0
     """An idle keep-alive connection (or one that sends nothing) is closed after this
     (``keepalive_timeout``; 75 s, above the usual load balancer idle timeout of 60 s, so

@@ -22,6 +22,7 @@ Headers follow the one policy in ``headers``.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
@@ -38,6 +39,7 @@ from proxyrunner.proxy.errors import (
     BackendFailure,
     BackendTimeout,
     BackendUnreachable,
+    BodyTimeout,
     BodyTooLarge,
     ProxyError,
 )
@@ -92,12 +94,15 @@ class Forwarder:
         *,
         timeout: float,
         max_body: int,
+        body_timeout: float = 30.0,
         trust_proxy_headers: bool = False,
         metrics: Metrics,
         log: structlog.stdlib.BoundLogger,
     ) -> None:
         self._client, self._pool = client, pool
         self.timeout = timeout
+        self._body_timeout = body_timeout
+        self._body_timeouts = metrics.connections_closed.labels(reason="body_timeout")
         """Seconds a backend may take to send its response headers (backend_timeout)."""
         self._max_body = max_body
         self._trust = trust_proxy_headers
@@ -191,6 +196,11 @@ class Forwarder:
         return failure
 
     def _failure(self, exc: BaseException, backend: str) -> ProxyError:
+        cause = exc.__cause__
+        if isinstance(cause, BodyTimeout):
+            # A streamed body that trickled: the client's fault (408, connection closed).
+            self._body_timeouts.inc()
+            return cause
         if isinstance(exc, TimeoutError):
             return BackendTimeout(f"backend {backend} did not answer within {self.timeout:g}s")
         if isinstance(exc, BodyTooLarge) or isinstance(exc.__cause__, BodyTooLarge):
@@ -200,11 +210,23 @@ class Forwarder:
         return BackendUnreachable(f"backend {backend} unreachable ({exc.__class__.__name__})")
 
     def _stream(self, reader: aiohttp.StreamReader) -> aiohttp.payload.AsyncIterablePayload:
-        limit = self._max_body
+        """A body streamed through: within ``max_request_body``, and whole within
+        ``body_timeout`` of its first read, as a body read whole must be."""
+        limit, timeout = self._max_body, self._body_timeout
 
         async def chunks() -> object:
             sent = 0
-            async for chunk in reader.iter_any():
+            deadline = asyncio.get_running_loop().time() + timeout
+            while True:
+                try:
+                    # Only the read is timed: the deadline never cancels aiohttp's writer
+                    # while it writes to the backend.
+                    async with asyncio.timeout_at(deadline):
+                        chunk = await reader.readany()
+                except TimeoutError:
+                    raise BodyTimeout(f"request body not received within {timeout:g}s") from None
+                if not chunk:
+                    return
                 sent += len(chunk)
                 if sent > limit:
                     raise BodyTooLarge("request body too large")

@@ -280,6 +280,34 @@ async def test_a_request_whose_body_trickles_in_gets_408_and_its_connection_clos
     assert closed == 1
 
 
+async def test_a_streamed_in_session_body_that_trickles_gets_408_and_its_connection_closed(
+    demo_proxy: DemoProxy,
+) -> None:
+    # No Content-Length in a session: the body streams through to the backend instead
+    # of being read whole, and used to be held for as long as the client trickled.
+    proxy = demo_proxy(body_timeout="1s")
+    async with aiohttp.ClientSession() as http:
+        session = await raw_initialize(http, proxy.url)
+    reader, writer = await _connect(proxy)
+    try:
+        writer.write(
+            b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Accept: application/json, text/event-stream\r\n"
+            b"MCP-Protocol-Version: 2025-06-18\r\n"
+            b"Mcp-Session-Id: " + session.encode() + b"\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+            b'b\r\n{"jsonrpc":\r\n'
+        )
+        answer = await _closed_by_the_proxy(reader)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    closed = await labelled_metric(
+        proxy, "proxyrunner_client_connections_closed_total", reason="body_timeout"
+    )
+    assert closed == 1
+
+
 async def test_an_idle_keep_alive_connection_is_closed_after_keepalive_timeout(
     demo_proxy: DemoProxy,
 ) -> None:

@@ -5,7 +5,8 @@ longer than ``body_timeout`` gets 408 and its connection closed (a trickling cli
 not hold a connection, and up to ``max_request_body`` of memory, indefinitely). Bodies
 up to 1 MiB are read whole (so a request can be replayed after a transparent
 re-initialize, and stages can parse it); a larger body of a request in a known session
-streams straight through, bounded on the way. A body shorter than its Content-Length is a 400.
+streams straight through, bounded on the way (size and ``body_timeout``, by the
+forwarder). A body shorter than its Content-Length is a 400.
 """
 
 from __future__ import annotations
