@@ -218,10 +218,14 @@ async def _run_stdio(server: Any, tracing: _Tracing) -> None:
                     doc = as_dict(item)
                     if _is_request(doc):
                         tracing.open[doc["id"]] = tracing.start(doc, _meta_carrier(doc))
-                    await to_server_send.send(item)
+                    try:
+                        await to_server_send.send(item)
+                    except anyio.BrokenResourceError:  # the server stopped first
+                        return
 
         async def outbound() -> None:
-            async with from_server_recv:
+            # Closing write_stream ends the SDK's stdout writer, and so the process.
+            async with from_server_recv, write_stream:
                 async for item in from_server_recv:
                     await write_stream.send(item)
                     doc = as_dict(item)
@@ -234,11 +238,12 @@ async def _run_stdio(server: Any, tracing: _Tracing) -> None:
             tg.start_soon(inbound)
             tg.start_soon(outbound)
             lowlevel = server._lowlevel_server  # the SDK's own run loop
-            async with from_server_send:
+            # Both relays end on their own: stdin's EOF ends the run, whose end closes
+            # the way out (flushed first) and the way in.
+            async with from_server_send, to_server_recv:
                 await lowlevel.run(
                     to_server_recv, from_server_send, lowlevel.create_initialization_options()
                 )
-            tg.cancel_scope.cancel()
 
 
 def main(argv: list[str] | None = None) -> None:

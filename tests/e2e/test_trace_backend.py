@@ -147,6 +147,7 @@ async def test_the_stdio_traced_server_parents_its_span_on_meta_traceparent(
         except TimeoutError:
             proc.kill()
             await proc.wait()
+    assert proc.returncode == 0, "the stdio server did not exit on its stdin's EOF"
     seen = json.loads(result["result"]["content"][0]["text"])  # type: ignore[index]
     assert seen["traceparent"] == traceparent
     assert seen["baggage"] == "tenant=t2"
