@@ -184,7 +184,8 @@ def _build(service_name: str) -> MCPServer:
             seen.update({key: headers.get(key) for key in _CONTEXT_KEYS})
         meta = rc.meta
         if meta is not None:
-            dumped = meta if isinstance(meta, dict) else meta.model_dump(by_alias=True)
+            # A TypedDict in the SDK; the trace context keys are extra ones.
+            dumped: dict[str, Any] = dict(meta)
             for key in _CONTEXT_KEYS:
                 if dumped.get(key) is not None:
                     seen[key] = str(dumped[key])

@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import secrets
+from collections.abc import Callable
 
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
@@ -33,7 +34,7 @@ def new_context() -> tuple[str, str, str]:
     return trace_id, span_id, f"00-{trace_id}-{span_id}-01"
 
 
-def server_child_of(parent: str, name: str) -> object:
+def server_child_of(parent: str, name: str) -> Callable[[list[Span]], bool]:
     def holds(spans: list[Span]) -> bool:
         return any(
             s.kind == "server" and s.parent_span_id == parent and s.name == name for s in spans
