@@ -29,6 +29,7 @@ import pytest
 from tests.identity_fixtures import start_idp  # noqa: F401 - a fixture
 from tests.procs import DemoBackend, Proxy, marked_processes
 from tests.redis_server import RedisServer
+from tests.trace_fixtures import start_traced_backend, trace_backend  # noqa: F401 - fixtures
 
 StartBackend = Callable[..., DemoBackend]
 StartProxy = Callable[..., Proxy]
