@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from proxyrunner.config.concerns import (
     LOAD_BALANCER_DRAIN_DELAY,
@@ -26,6 +26,9 @@ from proxyrunner.config.policy import PolicyConfig
 from proxyrunner.config.problems import Problems, show
 from proxyrunner.errors import ConfigError
 from proxyrunner.hosts import is_loopback
+
+if TYPE_CHECKING:  # at run time a cycle: run_config -> telemetry -> fields -> environment
+    from proxyrunner.config.telemetry import TelemetryConfig
 
 DEFAULT_SCHEMA_VERSION: Final = "v0.1.0"
 
@@ -49,6 +52,9 @@ class RunConfig:
     identity: IdentityConfig = field(default_factory=IdentityConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    telemetry: TelemetryConfig | None = None
+    """``telemetry_config``: OpenTelemetry traces and metrics over OTLP/HTTP; None is off
+    (the OTEL_* variables can still turn it on at startup: ``apply_env_overrides``)."""
     schema_version: str = DEFAULT_SCHEMA_VERSION
     """RunConfig schema version (``schema_version``), kept as given."""
     mcpserver_generation: int = 0
@@ -147,4 +153,5 @@ def describe(config: RunConfig) -> dict[str, object]:
         "authentication": "oauth" if config.identity.authenticated else "none",
         "authorization": "cedar" if config.policy.authorizes else "none",
         "audit": "on" if config.policy.audits else "off",
+        "telemetry": config.telemetry.summary() if config.telemetry is not None else "off",
     }

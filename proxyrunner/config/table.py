@@ -39,6 +39,7 @@ from proxyrunner.config.oidc import (
 )
 from proxyrunner.config.problems import Problems, show
 from proxyrunner.config.run_config import RunConfig, assemble
+from proxyrunner.config.telemetry import TELEMETRY_CONFIG
 from proxyrunner.errors import ConfigError
 
 OIDC: Final = Kind(read_oidc, write_dataclass)
@@ -99,6 +100,7 @@ FIELDS: Final = (
     JsonField("authz_config_path", STRING, "policy.authz_path"),
     JsonField("audit_config", AUDIT_CONFIG, "policy.audit"),
     JsonField("audit_config_path", STRING, "policy.audit_path"),
+    JsonField("telemetry_config", TELEMETRY_CONFIG, "telemetry"),
 )
 """Every field of the flat layout: JSON name, kind, target attribute, omit rule."""
 
