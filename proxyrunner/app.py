@@ -27,6 +27,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from proxyrunner import __version__
 from proxyrunner.backends.directory import BackendDirectory
 from proxyrunner.config import RunConfig, Secrets, describe
 from proxyrunner.errors import StartupError
@@ -44,6 +45,7 @@ from proxyrunner.traffic import Traffic
 
 if TYPE_CHECKING:
     from proxyrunner.kube.client import KubeAccess
+    from proxyrunner.telemetry.runtime import Telemetry
 
 # Time kept back from drain_timeout for cancelling leftovers and closing clients and
 # child processes: the waiting for work ends this long before the one deadline.
@@ -96,6 +98,7 @@ def _build_directory(
     log: structlog.stdlib.BoundLogger,
     client: aiohttp.ClientSession,
     kube: KubeAccess | None,
+    telemetry: Telemetry | None = None,
 ) -> BackendDirectory:
     if config.backend.runtime == "kubernetes":
         from proxyrunner.kube.directory import KubernetesBackendDirectory
@@ -103,11 +106,17 @@ def _build_directory(
         if kube is None:
             raise StartupError("the kubernetes runtime needs Kubernetes API access")
         return KubernetesBackendDirectory(
-            config, kube.api, metrics, log, kube.namespace, kube.pod_address_map
+            config,
+            kube.api,
+            metrics,
+            log,
+            kube.namespace,
+            kube.pod_address_map,
+            telemetry=telemetry,
         )
     from proxyrunner.backends.local import LocalBackendDirectory
 
-    return LocalBackendDirectory(config, metrics, log, client)
+    return LocalBackendDirectory(config, metrics, log, client, telemetry)
 
 
 class ProxyProcess:
@@ -138,14 +147,22 @@ class ProxyProcess:
         self.signals.install()
         closers = Closers(self.log)
         try:
+            telemetry = self._telemetry()
+            if telemetry is not None:
+                # Pushed first, so closed last: after the drain, with what it traced.
+                closers.push("telemetry", telemetry.close)
             client = _backend_client(config)
             closers.push("http client", client.close)
             # The hot path's pooled client: same keep-alive and connect bounds as the session.
             pool = UpstreamPool(keepalive_timeout=30.0, connect_timeout=5.0)
             closers.push("pooled http client", pool.close)
-            store = build_store(config, self._secrets, self.metrics, self.log, self.traffic.busy)
+            store = build_store(
+                config, self._secrets, self.metrics, self.log, self.traffic.busy, telemetry
+            )
             closers.push("session store", store.close)
-            directory = _build_directory(config, self.metrics, self.log, client, self._kube)
+            directory = _build_directory(
+                config, self.metrics, self.log, client, self._kube, telemetry
+            )
             closers.push("backends", directory.close)
             forwarder = Forwarder(
                 client,
@@ -168,7 +185,15 @@ class ProxyProcess:
                     "the MCP server (set oidc_config to require OAuth access tokens)"
                 )
             parts = ProxyParts(
-                config, store, directory, self.metrics, self.traffic, forwarder, self.log, guard
+                config,
+                store,
+                directory,
+                self.metrics,
+                self.traffic,
+                forwarder,
+                self.log,
+                guard,
+                telemetry,
             )
             app = build_app(parts)
             app.on_shutdown.append(self._finish_work)
@@ -201,6 +226,22 @@ class ProxyProcess:
                 self._deadline = asyncio.get_running_loop().time() + _CLOSE_WITHOUT_DRAIN
             await closers.close_all(self._deadline)
             self.signals.uninstall()
+
+    def _telemetry(self) -> Telemetry | None:
+        settings = self.config.telemetry
+        if settings is None or not settings.active:
+            return None
+        # Imported only when on: the SDK and its exporters cost memory, not just time.
+        from proxyrunner.telemetry.runtime import Telemetry
+
+        metrics = self.metrics
+        return Telemetry(
+            settings,
+            replica=self._replica or self.config.name,
+            version=__version__,
+            on_drop=metrics.spans_dropped.inc,
+            on_export_failure=metrics.telemetry_export_failures.inc,
+        )
 
     def _exit_code(self) -> int:
         return 1 if self.signals.force_requested.is_set() else 0

@@ -268,6 +268,16 @@ class Metrics:
             "replica: max_streams).",
             "limit",
         )
+        # Incremented from the span exporter's thread (prometheus_client is thread-safe).
+        self.spans_dropped = counter(
+            "telemetry_spans_dropped",
+            "Finished spans not exported: the queue was full (collector slow or down), "
+            "the collector refused or did not answer a batch, or the process stopped.",
+        )
+        self.telemetry_export_failures = counter(
+            "telemetry_export_failures",
+            "Span batches the OTLP collector did not accept (after the exporter's retries).",
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -17,7 +17,7 @@ import os
 import socket
 import time
 from collections.abc import Mapping, Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import aiohttp
 import structlog
@@ -32,6 +32,9 @@ from proxyrunner.config import RunConfig
 from proxyrunner.errors import StartupError
 from proxyrunner.metrics import Metrics
 from proxyrunner.tasks import Supervisor
+
+if TYPE_CHECKING:
+    from proxyrunner.telemetry.runtime import Telemetry
 
 _PROBE_INTERVAL: Final = 2.0
 _PROBE_INTERVAL_NOT_READY: Final = 0.1
@@ -92,6 +95,7 @@ class LocalBackendDirectory:
         metrics: Metrics,
         log: structlog.stdlib.BoundLogger,
         client: aiohttp.ClientSession,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._config = config
         self._metrics = metrics
@@ -127,6 +131,7 @@ class LocalBackendDirectory:
                 idle_timeout=backend.stdio_idle_timeout,
                 max_body=config.listen.max_request_body,
                 session_idle=config.sessions.ttl,
+                telemetry=telemetry,
             )
         elif backend.transport == "stdio":
             # Each child's stdin and stdout are served over HTTP by a bridge of its own;
@@ -137,6 +142,7 @@ class LocalBackendDirectory:
                     log,
                     max_body=config.listen.max_request_body,
                     session_idle=config.sessions.ttl,
+                    telemetry=telemetry,
                 )
         self._by_name = {slot.name: slot for slot in self._slots}
         self._changed = asyncio.Event()

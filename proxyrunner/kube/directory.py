@@ -12,7 +12,7 @@ import asyncio
 import copy
 import functools
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
 import structlog
@@ -34,6 +34,9 @@ from proxyrunner.kube.client import call
 from proxyrunner.kube.errors import KubeError, short_reason, translate
 from proxyrunner.metrics import Metrics
 from proxyrunner.tasks import Supervisor
+
+if TYPE_CHECKING:
+    from proxyrunner.telemetry.runtime import Telemetry
 
 Resolver = Callable[[str, str, int], URL]
 """(pod name, pod IP, port) -> the pod's MCP endpoint URL."""
@@ -113,6 +116,7 @@ class KubernetesBackendDirectory:
         address_map: Mapping[str, str] | None = None,
         resolve: Resolver | None = None,
         attach: Attacher | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         """``namespace`` is the workload's (resolved at startup: the RunConfig's, else the
         pod's); ``address_map`` maps pod names to URLs (see ``pod_url_resolver``)."""
@@ -139,6 +143,7 @@ class KubernetesBackendDirectory:
                     log=self._log,
                     max_body=config.listen.max_request_body,
                     session_idle=config.sessions.ttl,
+                    telemetry=telemetry,
                 ),
             )
         self.applier = WorkloadApplier(api, config, self._ns, metrics, self._log)

@@ -125,7 +125,7 @@ class Forwarder:
         request = exchange.request
         method, body = request.method, exchange.body
         target_url = backend.url if url is None else url
-        headers = self.headers_for(exchange, backend_sid)
+        headers = self.headers_for(exchange, backend_sid, (backend.name, target_url))
         try:
             if type(body) is bytes and method == "POST":
                 target = self._target(target_url)
@@ -149,11 +149,17 @@ class Forwarder:
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise self._failed(exc, backend.name, exchange) from exc
 
-    def headers_for(self, exchange: Exchange, backend_sid: str | None) -> ForwardedHeaders:
-        """The client request's headers as the backend must see them."""
-        return ForwardedHeaders(
-            exchange.request, backend_sid, exchange.header_edit, trusted=self._trust
-        )
+    def headers_for(
+        self, exchange: Exchange, backend_sid: str | None, leg: tuple[str, URL] | None = None
+    ) -> ForwardedHeaders:
+        """The client request's headers as the backend must see them. ``leg`` (backend
+        name, URL) marks a backend call of the request: a traced request opens its
+        client span for it and sends that span's context."""
+        edit = exchange.header_edit
+        trace = exchange.trace
+        if trace is not None and leg is not None:
+            edit = trace.leg(leg[0], leg[1], edit)
+        return ForwardedHeaders(exchange.request, backend_sid, edit, trusted=self._trust)
 
     async def fetch(
         self,

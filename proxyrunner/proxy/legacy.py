@@ -154,10 +154,11 @@ class LegacySSE:
             raise SessionNotFound
         body = exchange.body
         assert body is None or isinstance(body, bytes), "legacy messages are read whole"
+        url = backend.url.join(URL(record.backend_session_id))
         answer = await parts.forwarder.fetch(
             "POST",
-            backend.url.join(URL(record.backend_session_id)),
-            parts.forwarder.headers_for(exchange, None),
+            url,
+            parts.forwarder.headers_for(exchange, None, (backend.name, url)),
             body,
             backend=backend.name,
             exchange=exchange,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -15,6 +16,9 @@ from proxyrunner.proxy.pipeline import Stage
 from proxyrunner.proxy.protected_resource import ProtectedResource
 from proxyrunner.sessions.store import SessionStore
 from proxyrunner.traffic import Traffic
+
+if TYPE_CHECKING:
+    from proxyrunner.telemetry.runtime import Telemetry
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +32,8 @@ class ProxyParts:
     log: structlog.stdlib.BoundLogger
     guard: Guard = field(default_factory=lambda: Guard())
     """Identity, authorization and audit; empty when the RunConfig asks for none."""
+    telemetry: Telemetry | None = None
+    """OpenTelemetry, when telemetry_config switches tracing or metrics on."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
 import aiohttp
 import structlog
@@ -45,6 +45,9 @@ from proxyrunner.proxy.errors import ParseError, ProxyError, ServiceUnavailable
 from proxyrunner.proxy.events import Rewrite
 from proxyrunner.proxy.headers import HeaderEdit
 from proxyrunner.traffic import Traffic
+
+if TYPE_CHECKING:
+    from proxyrunner.proxy.tracing import RequestTrace
 
 Body = bytes | aiohttp.StreamReader | None
 Next = Callable[["Exchange"], Awaitable[web.StreamResponse]]
@@ -79,6 +82,7 @@ class Exchange:
         "rewrites",
         "rpc_method",
         "session_id",
+        "trace",
         "watchers",
     )
 
@@ -106,6 +110,9 @@ class Exchange:
         self.principal: Principal | None = None
         """Set by the identity stage: who sent the request (None when the endpoint is
         unauthenticated)."""
+        self.trace: RequestTrace | None = None
+        """Set by the telemetry stage for a traced or measured request: the forwarder
+        opens a client span (and sends its context) per backend call."""
         self._message: Any = _UNPARSED
 
     def message(self) -> Any:

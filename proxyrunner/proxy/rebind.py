@@ -20,6 +20,8 @@ from proxyrunner.proxy.errors import BackendFailure, BackendMisbehaved, ServiceU
 from proxyrunner.proxy.parts import ProxyParts
 from proxyrunner.proxy.routing import Router
 from proxyrunner.sessions.record import SessionRecord
+from proxyrunner.telemetry import context as trace_context
+from proxyrunner.telemetry import semconv
 
 
 class Rebinder:
@@ -59,6 +61,7 @@ class Rebinder:
                 return None
             return current, winner
         self._p.metrics.sessions_rebound.inc()
+        trace_context.note("mcp.session.rebind", {"reason": reason, semconv.BACKEND: backend.name})
         log.info("session re-initialized", reason=reason, new_backend=backend.name)
         return moved, backend
 
@@ -71,6 +74,8 @@ class Rebinder:
             "Content-Type": "application/json",
             "Accept": "application/json, text/event-stream",
             **dict(credentials),
+            # The replay is part of the request being served: the backend sees it so.
+            **trace_context.current_carrier(),
         }
         answer = await forwarder.fetch(
             "POST", backend.url, headers, record.init_request.encode(), backend=backend.name
@@ -78,6 +83,7 @@ class Rebinder:
         if answer.status != 200:
             raise BackendMisbehaved(f"backend refused initialize (HTTP {answer.status})")
         backend_sid = answer.headers.get(SESSION_HEADER)
+        trace_context.note("mcp.session.reinitialize", {semconv.BACKEND: backend.name})
         if backend_sid is not None:
             headers[SESSION_HEADER] = backend_sid
         if record.protocol_version:

@@ -29,6 +29,7 @@ from proxyrunner.proxy.stages.body import BodyLimits
 from proxyrunner.proxy.stages.ids import IdCheck
 from proxyrunner.proxy.stages.rebinding import RebindingGuard
 from proxyrunner.proxy.stages.standard_headers import StandardHeaderCheck
+from proxyrunner.proxy.stages.telemetry import TelemetryStage
 from proxyrunner.proxy.stream_caps import StreamCaps
 from proxyrunner.proxy.streamable import StreamableHTTP
 
@@ -48,6 +49,8 @@ def default_stages(parts: ProxyParts) -> list[Stage]:
             config.limits.body_timeout,
             parts.metrics.connections_closed.labels(reason="body_timeout").inc,
         ),
+        # With telemetry_config: spans and operation durations, refusals below included.
+        *([TelemetryStage(parts.telemetry)] if parts.telemetry is not None else []),
         IdCheck(),  # odd JSON-RPC ids: 400 / -32600
         StandardHeaderCheck(parts.log),  # 2026-07-28: 400 / -32020
         # With oidc_config / authz_config / audit_config: audit (records every outcome

@@ -25,6 +25,7 @@ from proxyrunner.backends.directory import Backend
 from proxyrunner.errors import StoreFull, StoreUnavailable
 from proxyrunner.mcp import jsonrpc
 from proxyrunner.mcp.revisions import SESSION_HEADER, initialize_request
+from proxyrunner.principal import short_hash
 from proxyrunner.proxy.errors import (
     BackendFailure,
     InvalidRequest,
@@ -39,6 +40,8 @@ from proxyrunner.proxy.relay import Relay
 from proxyrunner.proxy.routing import Router
 from proxyrunner.proxy.stream_caps import StreamCaps
 from proxyrunner.sessions.record import SessionRecord, new_session_id
+from proxyrunner.telemetry import context as trace_context
+from proxyrunner.telemetry import semconv
 
 
 class StreamableHTTP:
@@ -148,6 +151,8 @@ class StreamableHTTP:
             upstream.release()
             await self._end_backend_session(exchange, backend, backend_sid)
             raise ServiceUnavailable(refusal)
+        # An initialize's span names the session it created (the request had none).
+        trace_context.annotate(semconv.SESSION, short_hash(record.session_id))
         self._p.log.info(
             "session created",
             session=record.session_id,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -11,6 +12,9 @@ from proxyrunner.metrics import Metrics
 from proxyrunner.sessions.memory import MemorySessionStore
 from proxyrunner.sessions.store import SessionStore
 
+if TYPE_CHECKING:
+    from proxyrunner.telemetry.runtime import Telemetry
+
 
 def build_store(
     config: RunConfig,
@@ -18,6 +22,7 @@ def build_store(
     metrics: Metrics,
     log: structlog.stdlib.BoundLogger,
     busy: Callable[[str], bool] = lambda session_id: False,
+    telemetry: Telemetry | None = None,
 ) -> SessionStore:
     """``busy`` says whether a session has a request or stream in flight (the memory
     store never evicts such a one)."""
@@ -32,4 +37,4 @@ def build_store(
         )
     from proxyrunner.sessions.tiered import TieredSessionStore
 
-    return TieredSessionStore(config, secrets, metrics, log)
+    return TieredSessionStore(config, secrets, metrics, log, telemetry=telemetry)

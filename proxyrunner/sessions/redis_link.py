@@ -21,7 +21,7 @@ import contextlib
 import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import redis.asyncio as aioredis
 import structlog
@@ -42,6 +42,9 @@ from proxyrunner.errors import StoreUnavailable
 from proxyrunner.metrics import Metrics
 from proxyrunner.sessions.record import SessionRecord
 from proxyrunner.sessions.store import StoreHealth
+
+if TYPE_CHECKING:
+    from proxyrunner.telemetry.runtime import Telemetry
 
 T = TypeVar("T")
 
@@ -88,8 +91,15 @@ class RedisLink:
         password: str | None,
         metrics: Metrics,
         log: structlog.stdlib.BoundLogger,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.address = rc.address
+        self._telemetry = telemetry
+        self._span_attributes: dict[str, str | int] = {
+            "db.system.name": "redis",
+            "server.address": rc.host,
+            "server.port": rc.port,
+        }
         self._metrics = metrics
         self._log = log
         self._up = False
@@ -177,7 +187,13 @@ class RedisLink:
         or a number per kind), counting them in ``redis_commands``."""
         for counted, n in count.items() if isinstance(count, Mapping) else [(kind, count)]:
             self._metrics.redis_commands.labels(kind=counted).inc(n)
-        with self.errors(kind):
+        telemetry = self._telemetry
+        if telemetry is None:
+            with self.errors(kind):
+                return await awaitable
+        # Within a traced request, a span per round trip (none for background work).
+        attributes = {**self._span_attributes, "db.operation.name": kind}
+        with telemetry.child_span(f"redis {kind}", attributes), self.errors(kind):
             return await awaitable
 
     @property

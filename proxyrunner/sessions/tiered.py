@@ -36,7 +36,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import structlog
 
@@ -50,6 +50,9 @@ from proxyrunner.sessions.redis_link import SOCKET_TIMEOUT, CredentialsRefused, 
 from proxyrunner.sessions.store import StoreHealth
 from proxyrunner.sessions.writeback import PendingWrites
 from proxyrunner.tasks import Supervisor
+
+if TYPE_CHECKING:
+    from proxyrunner.telemetry.runtime import Telemetry
 
 FLUSH_INTERVAL: Final = 1.0
 _RECONNECT_FIRST: Final = 0.1
@@ -82,6 +85,7 @@ class TieredSessionStore:
         log: structlog.stdlib.BoundLogger,
         clock: Callable[[], float] = time.monotonic,
         flush_interval: float = FLUSH_INTERVAL,
+        telemetry: Telemetry | None = None,
     ) -> None:
         rc = config.sessions.redis
         assert rc is not None, "the tiered store needs session_redis"
@@ -97,7 +101,7 @@ class TieredSessionStore:
         self._clock = clock
         self._flush_interval = flush_interval
         self._log = log.bind(store="redis", redis=rc.address)
-        self._link = RedisLink(rc, secrets.redis_password, metrics, self._log)
+        self._link = RedisLink(rc, secrets.redis_password, metrics, self._log, telemetry)
         self._cache = SessionCache(config.sessions.cache_size)
         self._pending = PendingWrites(
             self._link,

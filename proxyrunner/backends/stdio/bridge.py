@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import TYPE_CHECKING
 
 import structlog
 from aiohttp import web
@@ -22,6 +23,9 @@ from proxyrunner.backends.stdio.listener import guarded_app, listen
 from proxyrunner.backends.stdio.multiplexer import Multiplexer
 from proxyrunner.backends.stdio.streamable import StreamableFace
 from proxyrunner.tasks import Supervisor
+
+if TYPE_CHECKING:
+    from proxyrunner.telemetry.runtime import Telemetry
 
 
 class StdioBridge:
@@ -36,8 +40,11 @@ class StdioBridge:
         max_body: int = 8 * 1024 * 1024,
         session_idle: float = 7200.0,
         init_timeout: float = 60.0,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.name = name
+        self.telemetry = telemetry
+        """Spans for the requests written to the server, their context in ``_meta``."""
         self._log = log.bind(backend=name)
         self._max_body = max_body
         self.mux = Multiplexer(name, log, session_idle=session_idle, init_timeout=init_timeout)
@@ -58,7 +65,7 @@ class StdioBridge:
         await self.mux.wait_attached()
 
     def app(self) -> web.Application:
-        streamable = StreamableFace(self.mux)
+        streamable = StreamableFace(self.mux, self.telemetry)
         legacy = LegacyFace(self.mux, self._tasks)
         app = guarded_app(self._max_body)
         app.router.add_get("/", self._probe)

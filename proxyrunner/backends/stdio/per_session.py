@@ -20,7 +20,7 @@ import asyncio
 import itertools
 import time
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import structlog
 from aiohttp import web
@@ -36,6 +36,9 @@ from proxyrunner.metrics import Metrics
 from proxyrunner.principal import short_hash
 from proxyrunner.tasks import Supervisor
 
+if TYPE_CHECKING:
+    from proxyrunner.telemetry.runtime import Telemetry
+
 Launch = Callable[[], Awaitable[asyncio.subprocess.Process]]
 """Starts one child with stdin, stdout and stderr as pipes, in a process group of its own."""
 
@@ -48,7 +51,7 @@ class _Child:
         self.number = number
         self.process = process
         self.bridge = bridge
-        self.face = StreamableFace(bridge.mux)
+        self.face = StreamableFace(bridge.mux, bridge.telemetry)
         self.session_id: str | None = None
         self.busy = 0
         """Requests and streams of the session being served now: never idle while any."""
@@ -71,9 +74,11 @@ class PerSessionBridge:
         idle_timeout: float,
         max_body: int = 8 * 1024 * 1024,
         session_idle: float = 7200.0,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.name = name
         self._log = log.bind(backend=name)
+        self._telemetry = telemetry
         self._launch = launch
         self._metrics = metrics
         self._max_sessions = max_sessions
@@ -224,6 +229,7 @@ class PerSessionBridge:
             self._log,
             max_body=self._max_body,
             session_idle=self._session_idle,
+            telemetry=self._telemetry,
         )
         child = _Child(number, process, bridge)
         self._children.add(child)

@@ -9,7 +9,7 @@ back into HTTP: a JSON body, or an SSE stream when the client asks for one.
 from __future__ import annotations
 
 import asyncio
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from aiohttp import web
 
@@ -19,6 +19,11 @@ from proxyrunner.backends.stdio.outbox import Outbox
 from proxyrunner.http_answers import error_response, json_response, session_not_found
 from proxyrunner.mcp import jsonrpc, revisions
 from proxyrunner.mcp.jsonrpc import Message
+from proxyrunner.telemetry import context as trace_context
+from proxyrunner.telemetry import semconv
+
+if TYPE_CHECKING:
+    from proxyrunner.telemetry.runtime import Finish, Telemetry
 
 KEEPALIVE: Final = 15.0
 _EVENT_STREAM: Final = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -101,9 +106,20 @@ async def pump(response: web.StreamResponse, outbox: Outbox) -> None:
         await response.write(sse_event(message))
 
 
+def _error_type(pending: Pending) -> str | None:
+    outcome = pending.outcome
+    if outcome is None:
+        return "abandoned"  # the client went away before the answer
+    if outcome is not Outcome.ANSWERED:
+        return outcome.name.lower()
+    error = semconv.error_of(pending.done.result()) if pending.done.done() else None
+    return error[1] if error is not None else None
+
+
 class StreamableFace:
-    def __init__(self, mux: Multiplexer) -> None:
+    def __init__(self, mux: Multiplexer, telemetry: Telemetry | None = None) -> None:
         self._mux = mux
+        self._telemetry = telemetry
 
     async def post(self, request: web.Request) -> web.StreamResponse:
         mux = self._mux
@@ -138,6 +154,7 @@ class StreamableFace:
             return web.Response(status=202)
         streamed = not batch and "text/event-stream" in request.headers.get("Accept", "")
         mode: Mode = "stream" if streamed else "json"
+        finishes = self._traced(request, requests) if self._telemetry is not None else ()
         pendings = [mux.open(session, m, mode) for m in requests]
         try:
             if streamed:
@@ -150,6 +167,24 @@ class StreamableFace:
         finally:
             for pending in pendings:
                 mux.close(pending)
+            for finish, pending in zip(finishes, pendings, strict=False):
+                finish(_error_type(pending))
+
+    def _traced(self, request: web.Request, requests: list[Message]) -> list[Finish]:
+        """A span per request written to the server, its context in the request's
+        ``params._meta`` (the server has no headers to carry it)."""
+        assert self._telemetry is not None
+        carrier = trace_context.from_headers(request.headers)
+        finishes = []
+        for message in requests:
+            method = str(message.get("method"))
+            name = semconv.span_name(method, semconv.target_of(message))
+            attributes = {semconv.METHOD: method, semconv.BACKEND: self._mux.name}
+            finish, sent = self._telemetry.relay_span(f"stdio {name}", carrier, attributes)
+            if sent is not None:
+                trace_context.into_meta(message, sent)
+            finishes.append(finish)
+        return finishes
 
     async def _initialize(self, message: Message) -> web.Response:
         handshake = await self._mux.handshake(message)

@@ -1,0 +1,135 @@
+"""One traced request: the proxy's SERVER span and the CLIENT spans of its backend calls.
+
+The telemetry stage opens a ``RequestTrace`` when a request is sampled and puts it on the
+exchange; the forwarder asks it for a ``leg`` per backend call, which opens the client
+span and gives the headers that carry its context to the backend (replacing the
+client's: the backend's parent is the proxy's call, not the client's). Legs end when
+the request ends, its answer relayed, with the backend call's outcome.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+from yarl import URL
+
+from proxyrunner.proxy.headers import HeaderEdit
+from proxyrunner.telemetry import context as trace_context
+from proxyrunner.telemetry import semconv
+
+if TYPE_CHECKING:
+    from proxyrunner.telemetry.runtime import Instruments
+
+_TRACE_HEADERS = trace_context.FIELDS
+
+
+class Leg:
+    """One backend call of a traced (or only measured) request."""
+
+    __slots__ = ("attributes", "span", "started")
+    # attributes: the metric attributes of this call (the request's, and the backend).
+
+    def __init__(self, span: Span | None, attributes: dict[str, str | int]) -> None:
+        self.span = span
+        self.attributes = attributes
+        self.started = time.perf_counter()
+
+
+class RequestTrace:
+    __slots__ = (
+        "_instruments",
+        "_legs",
+        "_tracer",
+        "attributes",
+        "context",
+        "metric_attributes",
+        "name",
+        "span",
+    )
+
+    def __init__(
+        self,
+        tracer: Tracer | None,
+        instruments: Instruments | None,
+        name: str,
+        attributes: dict[str, str | int],
+        metric_attributes: dict[str, str | int],
+        span: Span | None,
+        parent: Context | None,
+    ) -> None:
+        self._tracer = tracer
+        self._instruments = instruments
+        self.name = name
+        self.attributes = attributes
+        """The request's span attributes (method, target, protocol version), which its
+        client spans repeat."""
+        self.metric_attributes = metric_attributes
+        """The same, bounded for metrics (no URIs, tool names past the limit folded)."""
+        self.span = span
+        self.context = trace.set_span_in_context(span, parent) if span is not None else None
+        self._legs: list[Leg] = []
+
+    def leg(self, backend: str, url: URL, edit: HeaderEdit | None) -> HeaderEdit | None:
+        """Start a backend call; the header edit that sends its trace context."""
+        attributes = dict(self.attributes)
+        attributes[semconv.BACKEND] = backend
+        if url.host is not None:
+            attributes[semconv.SERVER_ADDRESS] = url.host
+        if url.port is not None:
+            attributes[semconv.SERVER_PORT] = url.port
+        span = None
+        if self._tracer is not None and self.context is not None:
+            span = self._tracer.start_span(
+                self.name,
+                context=self.context,
+                kind=SpanKind.CLIENT,
+                attributes=attributes,
+            )
+        metric_attributes = dict(self.metric_attributes)
+        metric_attributes[semconv.BACKEND] = backend
+        self._legs.append(Leg(span, metric_attributes))
+        if span is None:
+            return edit
+        carrier = trace_context.inject(trace.set_span_in_context(span, self.context))
+        if edit is None:
+            return HeaderEdit(_TRACE_HEADERS, carrier.items())
+        return HeaderEdit((*edit.drop, *_TRACE_HEADERS), (*edit.set, *carrier.items()))
+
+    def end(self, status: int, error: tuple[int, str] | None, failure: str | None) -> None:
+        """The request is over: its HTTP status, the JSON-RPC error of its answer, and the
+        failure that ended it (a refusal, a backend failure), if any."""
+        now = time.perf_counter()
+        error_type = failure or (error[1] if error is not None else None)
+        if error_type is None and status >= 400:
+            error_type = str(status)
+        for leg in self._legs:
+            _finish(leg.span, status, error, error_type)
+            if self._instruments is not None:
+                self._instruments.client_duration.record(
+                    now - leg.started, _with_error(leg.attributes, error_type)
+                )
+        _finish(self.span, status, error, error_type)
+
+
+def _finish(
+    span: Span | None, status: int, error: tuple[int, str] | None, error_type: str | None
+) -> None:
+    if span is None:
+        return
+    span.set_attribute(semconv.HTTP_STATUS, status)
+    if error is not None:
+        span.set_attribute(semconv.STATUS_CODE, str(error[0]))
+    if error_type is not None:
+        span.set_attribute(semconv.ERROR_TYPE, error_type)
+        span.set_status(Status(StatusCode.ERROR))
+    span.end()
+
+
+def _with_error(attributes: dict[str, Any], error_type: str | None) -> dict[str, Any]:
+    if error_type is None:
+        return attributes
+    return {**attributes, semconv.ERROR_TYPE: error_type}
