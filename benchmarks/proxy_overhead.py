@@ -79,6 +79,8 @@ REQUIRED_TOOLS = {
 }
 READY_TIMEOUT_S = 30.0
 AUTH_MODES = ("none", "jwt")
+# --telemetry: off (no telemetry_config), or tracing (and metrics) on at this sampling.
+TELEMETRY_MODES = {"off": None, "trace0": "0", "trace100": "1"}
 JWT_KID = "bench-rs256"
 JWT_LIFETIME_S = 3600
 AS_METADATA_PATH = "/.well-known/oauth-authorization-server"
@@ -504,8 +506,23 @@ def start_redis(procs: Processes, redis_server: str, workdir: Path) -> tuple[Man
     return managed, port, password
 
 
-def proxyrunner_target(store: str, auth: str) -> str:
-    return f"proxyrunner[{store}]" if auth == "none" else f"proxyrunner[{store},{auth}]"
+def proxyrunner_target(store: str, auth: str, telemetry: str = "off") -> str:
+    tags = (
+        [store] + ([auth] if auth != "none" else []) + ([telemetry] if telemetry != "off" else [])
+    )
+    return f"proxyrunner[{','.join(tags)}]"
+
+
+def start_collector(workdir: Path) -> Any:
+    """Jaeger (the test suite's launcher), pinned to the load core: the collector the
+    traced runs export to."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.trace_backend import TraceBackend, find_jaeger
+
+    binary = find_jaeger()
+    if binary is None:
+        raise BenchError("--telemetry trace*: Jaeger is not built (run scripts/trace-test-env)")
+    return TraceBackend(binary, workdir / "jaeger").start()
 
 
 def proxyrunner_command(explicit: str | None) -> list[str]:
@@ -856,6 +873,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="proxyrunner without authentication (default), as an OAuth resource server "
         "validating an RS256 JWT on every request (jwt), or both, one after the other",
     )
+    parser.add_argument(
+        "--telemetry",
+        default="off",
+        help="comma-separated proxyrunner telemetry modes: off (default), trace0 (tracing "
+        "and OTLP metrics on, 0%% sampled), trace100 (every request traced); the spans go "
+        "to a real Jaeger (scripts/trace-test-env) on the load core",
+    )
     parser.add_argument("--proxyrunner", help="proxyrunner executable (default: the venv's)")
     parser.add_argument("--keep-tmp", action="store_true", help="keep configs and logs")
     parser.add_argument(
@@ -898,6 +922,10 @@ def uninterruptible() -> Iterator[None]:
 def run(args: argparse.Namespace) -> int:
     stores = ["memory", "redis"] if args.store == "both" else [args.store]
     auths = list(AUTH_MODES) if args.auth == "both" else [args.auth]
+    telemetries = [t.strip() for t in args.telemetry.split(",") if t.strip()]
+    for mode in telemetries:
+        if mode not in TELEMETRY_MODES:
+            raise SystemExit(f"--telemetry: unknown mode {mode!r} ({', '.join(TELEMETRY_MODES)})")
     want_proxyrunner = "proxyrunner" in args.targets
     tools = check_prerequisites(need_redis=want_proxyrunner and "redis" in stores)
     # The runner itself only waits on wrk: keep it off the proxy's core.
@@ -915,6 +943,7 @@ def run(args: argparse.Namespace) -> int:
     issuer = TokenIssuer() if "jwt" in auths else None
 
     rows: list[Row] = []
+    collector: Any = None
     skipped: dict[str, str] = {}
     failed: dict[str, str] = {}
     versions: dict[str, str] = {}
@@ -992,13 +1021,17 @@ def run(args: argparse.Namespace) -> int:
             except TargetSkipped as err:
                 for store in stores:
                     for auth in auths:
-                        skipped[proxyrunner_target(store, auth)] = str(err)
+                        for mode in telemetries:
+                            skipped[proxyrunner_target(store, auth, mode)] = str(err)
                 print(f"\n[proxyrunner] SKIPPED: {err}")
                 cmd = []
             redis: tuple[Managed, int, str] | None = None
-            runs = [(store, auth) for store in stores for auth in auths]
-            for store, auth in runs if cmd else []:
-                target = proxyrunner_target(store, auth)
+            if cmd and any(TELEMETRY_MODES[m] is not None for m in telemetries):
+                collector = start_collector(workdir)
+                os.sched_setaffinity(collector.proc.pid, {LOAD_CORE})
+            runs = [(s, a, t) for s in stores for a in auths for t in telemetries]
+            for store, auth, mode in runs if cmd else []:
+                target = proxyrunner_target(store, auth, mode)
                 name = target.removeprefix("proxyrunner[").removesuffix("]").replace(",", "-")
                 port = free_port()
                 base = f"http://127.0.0.1:{port}"
@@ -1009,6 +1042,15 @@ def run(args: argparse.Namespace) -> int:
                     "port": port,
                     "remote_url": direct_url,
                 }
+                rate = TELEMETRY_MODES[mode]
+                if rate is not None and collector is not None:
+                    config["telemetry_config"] = {
+                        "endpoint": collector.otlp_http_endpoint,
+                        "insecure": True,
+                        "tracingEnabled": True,
+                        "metricsEnabled": True,
+                        "samplingRate": rate,
+                    }
                 authorization = ""
                 if auth == "jwt" and issuer is not None:
                     # No jwks_url: the proxy discovers it from the issuer's RFC 8414 metadata.
@@ -1045,6 +1087,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         with uninterruptible():
             procs.stop_all()
+            if collector is not None:
+                collector.stop()
             if args.keep_tmp:
                 print(f"\nconfigs and logs kept in {workdir}")
             else:
