@@ -79,8 +79,9 @@ REQUIRED_TOOLS = {
 }
 READY_TIMEOUT_S = 30.0
 AUTH_MODES = ("none", "jwt")
-# --telemetry: off (no telemetry_config), or tracing (and metrics) on at this sampling.
-TELEMETRY_MODES = {"off": None, "trace0": "0", "trace100": "1"}
+# --telemetry: off (no telemetry_config); tracing on at 0% or 100% sampling; OTLP metrics
+# alone (every request recorded in the two duration histograms).
+TELEMETRY_MODES = {"off": None, "trace0": "0", "trace100": "1", "metrics": "metrics"}
 JWT_KID = "bench-rs256"
 JWT_LIFETIME_S = 3600
 AS_METADATA_PATH = "/.well-known/oauth-authorization-server"
@@ -877,8 +878,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--telemetry",
         default="off",
         help="comma-separated proxyrunner telemetry modes: off (default), trace0 (tracing "
-        "and OTLP metrics on, 0%% sampled), trace100 (every request traced); the spans go "
-        "to a real Jaeger (scripts/trace-test-env) on the load core",
+        "on, 0%% sampled), trace100 (every request traced), metrics (OTLP metrics only); "
+        "the exports go to a real Jaeger (scripts/trace-test-env) on the load core",
     )
     parser.add_argument("--proxyrunner", help="proxyrunner executable (default: the venv's)")
     parser.add_argument("--keep-tmp", action="store_true", help="keep configs and logs")
@@ -1047,9 +1048,9 @@ def run(args: argparse.Namespace) -> int:
                     config["telemetry_config"] = {
                         "endpoint": collector.otlp_http_endpoint,
                         "insecure": True,
-                        "tracingEnabled": True,
-                        "metricsEnabled": True,
-                        "samplingRate": rate,
+                        "tracingEnabled": rate != "metrics",
+                        "metricsEnabled": rate == "metrics",
+                        "samplingRate": "0" if rate == "metrics" else rate,
                     }
                 authorization = ""
                 if auth == "jwt" and issuer is not None:
