@@ -101,9 +101,9 @@ class Forwarder:
     ) -> None:
         self._client, self._pool = client, pool
         self.timeout = timeout
+        """Seconds a backend may take to send its response headers (backend_timeout)."""
         self._body_timeout = body_timeout
         self._body_timeouts = metrics.connections_closed.labels(reason="body_timeout")
-        """Seconds a backend may take to send its response headers (backend_timeout)."""
         self._max_body = max_body
         self._trust = trust_proxy_headers
         self._errors = metrics.backend_errors

@@ -165,8 +165,16 @@ async def test_one_session_through_two_replicas_sharing_redis_is_one_trace(
     assert all(count >= 3 for count in served.values()), served
 
     def six_calls(spans: list[Span]) -> bool:
-        echo = [s for s in spans if s.name == "tools/call echo"]
-        return len(echo) >= 12  # the proxy's and the backend's span of each call
+        # Each call: the proxy's server and client span, and the backend's.
+        kinds = [(s.service, s.kind) for s in spans if s.name == "tools/call echo"]
+        return all(
+            kinds.count(side) >= 6
+            for side in (
+                ("proxyrunner-under-test", "server"),
+                ("proxyrunner-under-test", "client"),
+                ("traced-http", "server"),
+            )
+        )
 
     spans = await trace_backend.wait_for_spans(trace_id, six_calls)
     servers = [
@@ -181,6 +189,14 @@ async def test_one_session_through_two_replicas_sharing_redis_is_one_trace(
     clients = {s.span_id for s in spans if s.kind == "client"}
     backends = [s for s in spans if s.service == "traced-http" and s.name.endswith("echo")]
     assert all(s.parent_span_id in clients for s in backends)
+    # The replica that did not create the session read it from Redis inside a request.
+    server_ids = {
+        s.span_id for s in spans if s.service == "proxyrunner-under-test" and s.kind == "server"
+    }
+    redis = [s for s in spans if s.name.startswith("redis ")]
+    assert redis, "no Redis span in the trace"
+    assert all(s.parent_span_id in server_ids for s in redis)
+    assert redis[0].attributes["db.system.name"] == "redis"
 
 
 async def test_a_stdio_server_gets_the_bridge_span_as_parent_through_meta(
