@@ -33,6 +33,7 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from proxyrunner.backends.directory import Backend
+from proxyrunner.mcp import jsonrpc
 from proxyrunner.metrics import Metrics
 from proxyrunner.proxy.deadlines import DeadlineWatch
 from proxyrunner.proxy.errors import (
@@ -46,6 +47,7 @@ from proxyrunner.proxy.errors import (
 from proxyrunner.proxy.headers import ForwardedHeaders
 from proxyrunner.proxy.pipeline import Exchange
 from proxyrunner.proxy.upstream import BackendResponse, HostKey, UpstreamPool
+from proxyrunner.telemetry import context as trace_context
 
 # Backend URLs whose pooled-client target was worked out; reset past this many (pods come
 # and go, each with its own URL).
@@ -62,6 +64,17 @@ class _PooledTarget:
     get_start: bytes
     """The same for ``GET`` (listen streams: far fewer objects per open stream than a
     ClientSession request and response)."""
+
+
+def _with_meta_context(exchange: Exchange, carrier: Mapping[str, str]) -> bytes:
+    """The request's body with ``carrier`` as its ``params._meta`` trace context (the
+    parsed message is copied where it changes, so the stages' view stays the client's)."""
+    message = exchange.message()
+    params = dict(message["params"])
+    params["_meta"] = dict(params["_meta"])
+    outgoing = dict(message, params=params)
+    trace_context.into_meta(outgoing, carrier)
+    return jsonrpc.dumps(outgoing)
 
 
 def _pooled_target(url: URL) -> _PooledTarget | None:
@@ -123,9 +136,9 @@ class Forwarder:
         returns once the response headers arrived. The caller relays the body and
         releases the response."""
         request = exchange.request
-        method, body = request.method, exchange.body
         target_url = backend.url if url is None else url
         headers = self.headers_for(exchange, backend_sid, (backend.name, target_url))
+        method, body = request.method, exchange.body  # after: a traced body may change
         try:
             if type(body) is bytes and method == "POST":
                 target = self._target(target_url)
@@ -159,6 +172,8 @@ class Forwarder:
         trace = exchange.trace
         if trace is not None and leg is not None:
             edit = trace.leg(leg[0], leg[1], edit)
+            if trace.meta_context and trace.sent is not None:
+                exchange.body = _with_meta_context(exchange, trace.sent)
         return ForwardedHeaders(exchange.request, backend_sid, edit, trusted=self._trust)
 
     async def fetch(

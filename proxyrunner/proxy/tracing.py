@@ -46,8 +46,10 @@ class RequestTrace:
         "_tracer",
         "attributes",
         "context",
+        "meta_context",
         "metric_attributes",
         "name",
+        "sent",
         "span",
     )
 
@@ -72,6 +74,11 @@ class RequestTrace:
         self.span = span
         self.context = trace.set_span_in_context(span, parent) if span is not None else None
         self._legs: list[Leg] = []
+        self.meta_context = False
+        """The request's body carries a trace context in ``params._meta``: a backend call
+        must get the proxy's there too, not only in headers (a backend may prefer it)."""
+        self.sent: trace_context.Carrier | None = None
+        """The context the latest backend call carries."""
 
     def leg(self, backend: str, url: URL, edit: HeaderEdit | None) -> HeaderEdit | None:
         """Start a backend call; the header edit that sends its trace context."""
@@ -95,6 +102,7 @@ class RequestTrace:
         if span is None:
             return edit
         carrier = trace_context.inject(trace.set_span_in_context(span, self.context))
+        self.sent = carrier
         if edit is None:
             return HeaderEdit(_TRACE_HEADERS, carrier.items())
         return HeaderEdit((*edit.drop, *_TRACE_HEADERS), (*edit.set, *carrier.items()))

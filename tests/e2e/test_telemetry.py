@@ -122,6 +122,22 @@ async def test_a_client_trace_continues_through_the_proxy_into_the_backend(
     await trace_backend.wait_for_metric("mcp.client.operation.duration")
 
 
+async def test_a_trace_context_in_params_meta_is_continued_when_no_header_carries_one(
+    trace_backend: TraceBackend, traced_proxy: Proxy
+) -> None:
+    trace_id, parent, traceparent = new_context()
+    # The SDK's default revision (2026-07-28), the context only in the request's _meta.
+    async with Client(streamable_http_client(traced_proxy.url)) as client:
+        result = await client.call_tool("whoami_trace", {}, meta={"traceparent": traceparent})
+        seen = json.loads(tool_text(result))
+
+    spans = await trace_backend.wait_for_spans(trace_id, WHOAMI)
+    server, client_span, backend_span = chain(spans, parent, "whoami_trace")
+    assert backend_span.parent_span_id == client_span.span_id
+    assert seen["traceparent"].split("-")[2] == client_span.span_id
+    assert server.attributes["mcp.protocol.version"] == "2026-07-28"
+
+
 async def test_a_request_without_trace_context_is_not_traced_at_zero_sampling(
     trace_backend: TraceBackend, traced_proxy: Proxy
 ) -> None:

@@ -72,11 +72,8 @@ class TelemetryStage:
         carrier = trace_context.from_headers(request.headers)
         body = exchange.body
         message: Any = None
-        if (
-            carrier is None
-            and isinstance(body, bytes)
-            and trace_context.may_carry_meta_context(body)
-        ):
+        meta_possible = isinstance(body, bytes) and trace_context.may_carry_meta_context(body)
+        if carrier is None and meta_possible:
             message = _parsed(exchange)
             carrier = trace_context.from_meta(message)
         sampled = self._tracer is not None and self._sampling.decide(carrier)
@@ -88,6 +85,9 @@ class TelemetryStage:
         attributes = semconv.request_attributes(method, message, exchange.protocol_version)
         name = semconv.span_name(method, semconv.target_of(message))
         trace = self._open(exchange, name, attributes, carrier if sampled else None, sampled)
+        trace.meta_context = (
+            sampled and meta_possible and trace_context.from_meta(message) is not None
+        )
         answer: _Answer | None = None
         if trace.span is not None:
             answer = _Answer()
