@@ -107,9 +107,10 @@ class RequestTrace:
             return HeaderEdit(_TRACE_HEADERS, carrier.items())
         return HeaderEdit((*edit.drop, *_TRACE_HEADERS), (*edit.set, *carrier.items()))
 
-    def end(self, status: int, error: tuple[int, str] | None, failure: str | None) -> None:
+    def end(self, status: int, error: tuple[int, str] | None, failure: str | None) -> str | None:
         """The request is over: its HTTP status, the JSON-RPC error of its answer, and the
-        failure that ended it (a refusal, a backend failure), if any."""
+        failure that ended it (a refusal, a backend failure), if any. Returns the
+        request's ``error.type`` (None when it succeeded)."""
         now = time.perf_counter()
         error_type = failure or (error[1] if error is not None else None)
         if error_type is None and status >= 400:
@@ -121,6 +122,7 @@ class RequestTrace:
                     now - leg.started, _with_error(leg.attributes, error_type)
                 )
         _finish(self.span, status, error, error_type)
+        return error_type
 
 
 def _finish(

@@ -156,12 +156,9 @@ class TelemetryStage:
             if principal is not None and principal.client_id:
                 span.set_attribute(semconv.CLIENT_ID, principal.client_id)
         error = answer.error if answer is not None else None
-        trace.end(status, error, failure)
+        error_type = trace.end(status, error, failure)
         instruments = self._instruments
         if instruments is not None:
-            error_type = failure or (error[1] if error is not None else None)
-            if error_type is None and status >= 400:
-                error_type = str(status)
             recorded = trace.metric_attributes
             if error_type is not None:
                 recorded = {**recorded, semconv.ERROR_TYPE: error_type}
