@@ -48,10 +48,10 @@ class Secrets:
 
 def apply_env_overrides(config: RunConfig, environ: Mapping[str, str]) -> RunConfig:
     """Apply THV_MCPSERVER_GENERATION and the OpenTelemetry variables (OTEL_*: they fill
-    what ``telemetry_config`` leaves unset, ``config.telemetry.overlay_env``). Raises
+    what ``telemetry_config`` leaves unset, ``config.telemetry_env.overlay_env``). Raises
     ConfigError naming the variable for a value that cannot be used."""
     # Imported here: telemetry -> fields -> environment would be a cycle at import time.
-    from proxyrunner.config.telemetry import overlay_env
+    from proxyrunner.config.telemetry_env import overlay_env
 
     telemetry = overlay_env(config.telemetry, environ, config.name)
     if telemetry != config.telemetry:

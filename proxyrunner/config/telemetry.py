@@ -11,7 +11,7 @@ always served. ``samplingRate`` is a string in ToolHive's Go type ("0.05"); a nu
 taken too. Upstream's rule: an endpoint with neither tracing nor metrics enabled is an
 error. ``metricExportInterval`` and ``maxQueueSize`` are ours.
 
-The environment (``overlay_env``, called by ``environment.apply_env_overrides``) fills
+The environment (``telemetry_env.overlay_env``, called by ``environment.apply_env_overrides``) fills
 what the RunConfig leaves unset; an OTLP endpoint from the environment alone turns both
 signals on, as the OpenTelemetry SDKs do. OTLP headers usually carry a secret (an API
 key), so ``OTEL_EXPORTER_OTLP_HEADERS`` is where they belong; their values are never in
@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from dataclasses import fields as dataclass_fields
 from typing import Any, Final
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from proxyrunner import __version__
 from proxyrunner.config.fields import (
@@ -288,7 +288,7 @@ _GO_NAMES: Final = {
     **{row.attribute: row.name for row in TELEMETRY_FIELDS + _IGNORED_FIELDS},
 }
 _TAGS: Final = {row.attribute: row.name for row in TELEMETRY_FIELDS}
-_ENDPOINT_ENVS: Final = (ENDPOINT_ENV, TRACES_ENDPOINT_ENV, METRICS_ENDPOINT_ENV)
+ENDPOINT_ENVS: Final = (ENDPOINT_ENV, TRACES_ENDPOINT_ENV, METRICS_ENDPOINT_ENV)
 _ENV_ONLY: Final = {
     "traces_endpoint": TRACES_ENDPOINT_ENV,
     "metrics_endpoint": METRICS_ENDPOINT_ENV,
@@ -346,155 +346,3 @@ def with_server_name(telemetry: TelemetryConfig, name: str) -> TelemetryConfig:
     if telemetry.sets("service_name") or not name:
         return telemetry
     return replace(telemetry, service_name=name)
-
-
-# The environment.
-
-
-def overlay_env(
-    telemetry: TelemetryConfig | None, environ: Mapping[str, str], name: str = ""
-) -> TelemetryConfig | None:
-    """The RunConfig's telemetry with the OTEL_* variables filling what it leaves unset;
-    None when telemetry is off. ``name`` is the server's (the default service name).
-    Raises ConfigError naming the variable (never a header's value)."""
-    env = {key: environ[key].strip() for key in environ if key.startswith("OTEL_")}
-    if _env_bool(env, SDK_DISABLED_ENV):
-        return None
-    p = Problems()
-    protocol = env.get(PROTOCOL_ENV, "")
-    if protocol and protocol != "http/protobuf":
-        p.add(PROTOCOL_ENV, f"only http/protobuf is supported, got {show(protocol)}")
-    traces_off = _exporter_off(env, TRACES_EXPORTER_ENV, p, ("otlp",))
-    # /metrics is always served: "prometheus" means no OTLP push.
-    metrics_off = _exporter_off(env, METRICS_EXPORTER_ENV, p, ("otlp", "prometheus"))
-    base = telemetry or TelemetryConfig()
-    changes: dict[str, Any] = {}
-    endpoints = {
-        "endpoint": env.get(ENDPOINT_ENV, ""),
-        "traces_endpoint": env.get(TRACES_ENDPOINT_ENV, ""),
-        "metrics_endpoint": env.get(METRICS_ENDPOINT_ENV, ""),
-    }
-    for (attribute, value), variable in zip(endpoints.items(), _ENDPOINT_ENVS, strict=True):
-        problem = endpoint_problem(value) if value else None
-        if problem:
-            p.add(variable, problem)
-        elif value and not base.sets(attribute):
-            changes[attribute] = value
-    if not (base.tracing_enabled or base.metrics_enabled):
-        # An endpoint from the environment turns the signals on, as the SDKs do.
-        changes["tracing_enabled"] = bool(endpoints["endpoint"] or endpoints["traces_endpoint"])
-        changes["metrics_enabled"] = bool(endpoints["endpoint"] or endpoints["metrics_endpoint"])
-    if env.get(INSECURE_ENV) and not base.sets("insecure"):
-        changes["insecure"] = _env_bool(env, INSECURE_ENV, p)
-    if env.get(SERVICE_NAME_ENV) and not base.sets("service_name"):
-        changes["service_name"] = env[SERVICE_NAME_ENV]
-    if env.get(SAMPLER_ENV) and not base.sets("sampling_rate"):
-        rate = _sampler_rate(env, p)
-        if rate is not None:
-            changes["sampling_rate"] = rate
-    if env.get(METRIC_EXPORT_INTERVAL_ENV) and not base.sets("metric_export_interval"):
-        millis = _env_int(env, METRIC_EXPORT_INTERVAL_ENV, p)
-        if millis is not None:
-            changes["metric_export_interval"] = millis / 1000
-    if env.get(MAX_QUEUE_SIZE_ENV) and not base.sets("max_queue_size"):
-        size = _env_int(env, MAX_QUEUE_SIZE_ENV, p)
-        if size is not None:
-            changes["max_queue_size"] = size
-    if env.get(HEADERS_ENV):
-        headers = _pairs(env[HEADERS_ENV], HEADERS_ENV, p, secret=True)
-        changes["headers"] = {**headers, **base.headers}  # the RunConfig's win, key by key
-    if env.get(RESOURCE_ATTRIBUTES_ENV):
-        attributes = _pairs(env[RESOURCE_ATTRIBUTES_ENV], RESOURCE_ATTRIBUTES_ENV, p)
-        changes["custom_attributes"] = {**attributes, **base.custom_attributes}
-    p.raise_if_any()
-    if traces_off:
-        changes["tracing_enabled"] = False
-    if metrics_off:
-        changes["metrics_enabled"] = False
-    if telemetry is None and not (changes.get("tracing_enabled") or changes.get("metrics_enabled")):
-        return None  # nothing in the environment turns it on
-    result = replace(base, **changes)
-    return with_server_name(result, name)
-
-
-def _env_bool(env: Mapping[str, str], variable: str, p: Problems | None = None) -> bool:
-    value = env.get(variable, "").lower()
-    if value in ("", "false"):
-        return False
-    if value == "true":
-        return True
-    if p is None:
-        raise ConfigError(f"{variable}: must be true or false, got {show(env[variable])}")
-    p.add(variable, f"must be true or false, got {show(env[variable])}")
-    return False
-
-
-def _env_int(env: Mapping[str, str], variable: str, p: Problems) -> int | None:
-    text = env[variable]
-    if not text.isdigit() or int(text) < 1:
-        p.add(variable, f"must be a whole number greater than zero, got {show(text)}")
-        return None
-    return int(text)
-
-
-def _exporter_off(
-    env: Mapping[str, str], variable: str, p: Problems, exporting: tuple[str, ...]
-) -> bool:
-    names = [n.strip().lower() for n in env.get(variable, "").split(",") if n.strip()]
-    if not names:
-        return False
-    if names == ["none"]:
-        return True
-    unknown = [n for n in names if n not in exporting]
-    if unknown:
-        p.add(variable, f"must be {', '.join(exporting)} or none, got {show(env[variable])}")
-    return "otlp" not in names
-
-
-_SAMPLERS: Final = {
-    "always_on": 1.0,
-    "always_off": 0.0,
-    "traceidratio": None,
-    "parentbased_always_on": 1.0,
-    "parentbased_always_off": 0.0,
-    "parentbased_traceidratio": None,
-}
-
-
-def _sampler_rate(env: Mapping[str, str], p: Problems) -> float | None:
-    sampler = env[SAMPLER_ENV].lower()
-    if sampler not in _SAMPLERS:
-        p.add(SAMPLER_ENV, f"must be one of {', '.join(_SAMPLERS)}; got {show(env[SAMPLER_ENV])}")
-        return None
-    rate = _SAMPLERS[sampler]
-    if rate is not None:
-        return rate
-    arg = env.get(SAMPLER_ARG_ENV, "")
-    if not arg:
-        return 1.0  # the specification's default ratio
-    try:
-        rate = float(arg)
-    except ValueError:
-        rate = math.nan
-    if not 0 <= rate <= 1:  # NaN fails too
-        p.add(SAMPLER_ARG_ENV, f"must be a number from 0 to 1 for {sampler}, got {show(arg)}")
-        return None
-    return rate
-
-
-def _pairs(text: str, variable: str, p: Problems, *, secret: bool = False) -> dict[str, str]:
-    """``k=v,k2=v2`` (W3C-baggage-like, percent-encoded) as OpenTelemetry reads
-    OTEL_EXPORTER_OTLP_HEADERS and OTEL_RESOURCE_ATTRIBUTES. A problem names the entry
-    by its position, and a header's by its key only."""
-    out: dict[str, str] = {}
-    for index, entry in enumerate(text.split(",")):
-        key, sep, value = entry.partition("=")
-        key, value = unquote(key.strip()), unquote(value.strip())
-        if not sep or not key:
-            where = f"entry {index + 1}"
-            p.add(
-                variable, f"{where} must be key=value" + ("" if secret else f", got {show(entry)}")
-            )
-            continue
-        out[key] = value
-    return out
