@@ -15,7 +15,14 @@ another checkout (e.g. a ``git worktree`` of an older commit) in the same run::
 
     .venv/bin/python benchmarks/instructions_per_request.py --tree . --tree ../old-checkout
 
-Needs valgrind (``apt-get install valgrind``); takes about a minute per tree.
+``--telemetry`` (repeatable: ``off``, ``trace100``, ``metrics``) measures with tracing
+at 100% sampling or OTLP metrics on, exporting to a canned collector in this process
+that takes every export with a 200: what the proxy's threads execute for telemetry,
+encoding and export included, counted like the rest::
+
+    .venv/bin/python benchmarks/instructions_per_request.py --telemetry off --telemetry trace100
+
+Needs valgrind (``apt-get install valgrind``); takes about a minute per tree and mode.
 """
 
 from __future__ import annotations
@@ -84,6 +91,33 @@ async def canned_backend(reader: asyncio.StreamReader, writer: asyncio.StreamWri
         writer.close()
 
 
+COLLECTOR_ANSWER = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n"
+)
+TELEMETRY: dict[str, dict[str, object] | None] = {
+    "off": None,
+    "trace100": {"tracingEnabled": True, "metricsEnabled": False, "samplingRate": 1},
+    "metrics": {"tracingEnabled": False, "metricsEnabled": True, "metricExportInterval": 1},
+}
+
+
+async def canned_collector(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Takes any OTLP/HTTP export with a 200 and an empty body (an empty export
+    response is a valid one)."""
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            match = re.search(rb"(?i)content-length:\s*(\d+)", head)
+            if match:
+                await reader.readexactly(int(match.group(1)))
+            writer.write(COLLECTOR_ANSWER)
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+
+
 async def send_calls(url: str, session_id: str, count: int, connections: int) -> None:
     left = count
     headers = {**HEADERS, "Mcp-Session-Id": session_id}
@@ -131,20 +165,26 @@ def total_instructions(dump: Path) -> int:
     raise RuntimeError(f"no instruction total in {dump}")
 
 
-async def measure(tree: Path, work: Path, requests: int, connections: int, warmup: int) -> float:
-    backend_port, proxy_port = free_port(), free_port()
+async def measure(
+    tree: Path, work: Path, requests: int, connections: int, warmup: int, telemetry: str = "off"
+) -> float:
+    backend_port, proxy_port, collector_port = free_port(), free_port(), free_port()
     server = await asyncio.start_server(canned_backend, "127.0.0.1", backend_port)
+    collector = await asyncio.start_server(canned_collector, "127.0.0.1", collector_port)
     config = work / f"config-{proxy_port}.json"
-    config.write_text(
-        json.dumps(
-            {
-                "name": "instructions",
-                "remote_url": f"http://127.0.0.1:{backend_port}/mcp",
-                "host": "127.0.0.1",
-                "port": proxy_port,
-            }
-        )
-    )
+    settings: dict[str, object] = {
+        "name": "instructions",
+        "remote_url": f"http://127.0.0.1:{backend_port}/mcp",
+        "host": "127.0.0.1",
+        "port": proxy_port,
+    }
+    if (telemetry_config := TELEMETRY[telemetry]) is not None:
+        settings["telemetry_config"] = {
+            "endpoint": f"127.0.0.1:{collector_port}",
+            "insecure": True,
+            **telemetry_config,
+        }
+    config.write_text(json.dumps(settings))
     out = work / f"callgrind-{proxy_port}"
     env = {**os.environ, "PYTHONPATH": str(tree)}  # main() resolved it
     proxy = subprocess.Popen(  # noqa: ASYNC220 - a long-lived child, waited for below
@@ -178,7 +218,9 @@ async def measure(tree: Path, work: Path, requests: int, connections: int, warmu
         proxy.send_signal(signal.SIGTERM)
         await asyncio.to_thread(proxy.wait, 120)
         server.close()
+        collector.close()
         await server.wait_closed()
+        await collector.wait_closed()
     return await asyncio.to_thread(first_dump, work, proxy_port) / requests
 
 
@@ -205,23 +247,27 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=4000)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=500)
+    parser.add_argument("--telemetry", action="append", choices=sorted(TELEMETRY))
     args = parser.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         sys.stderr.write("needs valgrind: apt-get install valgrind\n")
         return 2
     trees = [tree.resolve() for tree in args.tree or [Path(__file__).parents[1]]]
+    modes = args.telemetry or ["off"]
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for tree in trees:
-            per_request = asyncio.run(
-                measure(tree, Path(tmp), args.requests, args.connections, args.warmup)
-            )
-            results[str(tree)] = per_request
-            print(f"{tree}: {per_request:,.0f} instructions per tools/call")
+            for mode in modes:
+                per_request = asyncio.run(
+                    measure(tree, Path(tmp), args.requests, args.connections, args.warmup, mode)
+                )
+                name = str(tree) if len(modes) == 1 else f"{tree} [{mode}]"
+                results[name] = per_request
+                print(f"{name}: {per_request:,.0f} instructions per tools/call")
     if len(results) > 1:
-        first = results[str(trees[0])]
-        for tree, value in list(results.items())[1:]:
-            print(f"{tree} / {trees[0]}: {value / first:.4f}")
+        first_name, first = next(iter(results.items()))
+        for name, value in list(results.items())[1:]:
+            print(f"{name} / {first_name}: {value / first:.4f}")
     print(json.dumps({"benchmark": "instructions_per_request", "results": results}))
     return 0
 

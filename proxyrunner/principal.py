@@ -8,6 +8,7 @@ token itself, so nothing that receives a principal can pass a token on.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any, Final
 _HASH_CHARS: Final = 12
 
 
+@functools.lru_cache(maxsize=1024)  # a traced request hashes its session's id each time
 def short_hash(value: str) -> str:
     """A short, stable, non-reversible stand-in for an identifier (a session id, a
     subject) in logs and metrics: 48 bits of SHA-256, enough to tell sessions apart in a

@@ -7,6 +7,7 @@ SSE events included."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ class Watcher:
     statuses: list[int] = field(default_factory=list)
     messages: list[Any] = field(default_factory=list)
     ended: list[BaseException | None] = field(default_factory=list)
+    needle: re.Pattern[bytes] | None = None
 
     def on_response(self, status: int, headers: Any) -> None:
         self.statuses.append(status)

@@ -16,6 +16,7 @@ the same values (a test compares what a backend receives either way).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Final
 
@@ -73,16 +74,52 @@ class HeaderEdit:
     def __init__(
         self, drop: Iterable[str] = (), set_headers: Iterable[tuple[str, str]] = ()
     ) -> None:
-        self.set = tuple(set_headers)
-        for name, value in self.set:
-            if any(c in name or c in value for c in "\r\n\0"):
-                raise ValueError(f"header {name!r} contains a line break")
+        self.set = _checked(tuple(set_headers))
         # A header the proxy sets is never also taken from the client.
         self.drop = frozenset(name.lower() for name in (*drop, *(n for n, _ in self.set)))
         self.drop_raw = frozenset(name.encode() for name in self.drop)
 
     def with_drop(self, *names: str) -> HeaderEdit:
         return HeaderEdit((*self.drop, *names), self.set)
+
+    @classmethod
+    def adding(
+        cls, edit: HeaderEdit | None, names: HeaderNames, headers: Mapping[str, str]
+    ) -> HeaderEdit:
+        """``edit`` (if any) and ``headers`` set, replacing the client's ``names`` (the
+        headers' own names among them). Once per traced backend call: the drop sets are
+        joined, not rebuilt."""
+        if _LINE_BREAK.search("".join(headers.values())):  # names are the caller's own
+            raise ValueError("a header value contains a line break")
+        added = cls.__new__(cls)
+        items = tuple(headers.items())
+        if edit is None:
+            added.set, added.drop, added.drop_raw = items, names.lower, names.raw
+        else:  # edit.set was checked when it was made
+            added.set = (*edit.set, *items)
+            added.drop, added.drop_raw = names.lower | edit.drop, names.raw | edit.drop_raw
+        return added
+
+
+class HeaderNames:
+    """A constant set of header names, as ``HeaderEdit`` drops them."""
+
+    __slots__ = ("lower", "raw")
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.lower = frozenset(name.lower() for name in names)
+        self.raw = frozenset(name.encode() for name in self.lower)
+
+
+_LINE_BREAK: Final = re.compile(r"[\r\n\0]")
+
+
+def _checked(headers: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    search = _LINE_BREAK.search
+    for name, value in headers:
+        if search(name) or search(value):
+            raise ValueError(f"header {name!r} contains a line break")
+    return headers
 
 
 class ForwardedHeaders:

@@ -29,6 +29,7 @@ raised anywhere into its answer.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
@@ -59,6 +60,12 @@ _DEFAULT_LABELS: Final = {"GET": "GET stream", "DELETE": "DELETE session"}
 class AnswerWatcher(Protocol):
     """Sees a backend's answer as it is relayed. Every method is optional in spirit:
     implement the ones you need as no-ops otherwise."""
+
+    needle: re.Pattern[bytes] | None
+    """What a JSON answer's body must contain for ``on_message`` to matter to this
+    watcher (a JSON-RPC error: ``rb'"error"'``), so that an answer that concerns no
+    watcher is not parsed; None: every message. (A backend that escapes the key's
+    letters evades the filter: it only mislabels its own answer.)"""
 
     def on_response(self, status: int, headers: Any) -> None: ...
 

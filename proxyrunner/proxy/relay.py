@@ -244,6 +244,12 @@ def _ends_event(chunk: bytes) -> bool:
 def _watch_json(watchers: Sequence[AnswerWatcher], body: bytes) -> None:
     if not body:
         return
+    for watcher in watchers:
+        needle = watcher.needle
+        if needle is None or needle.search(body):
+            break
+    else:
+        return  # each watcher would ignore this answer: it is not parsed
     try:
         message = jsonrpc.parse_json(body)
     except ValueError:

@@ -12,19 +12,17 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry import trace
-from opentelemetry.context import Context
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from yarl import URL
 
-from proxyrunner.proxy.headers import HeaderEdit
+from proxyrunner.proxy.headers import HeaderEdit, HeaderNames
 from proxyrunner.telemetry import context as trace_context
-from proxyrunner.telemetry import semconv
+from proxyrunner.telemetry import semconv, spans
+from proxyrunner.telemetry.spans import Span
 
 if TYPE_CHECKING:
     from proxyrunner.telemetry.runtime import Instruments
 
-_TRACE_HEADERS = trace_context.FIELDS
+_TRACE_HEADERS = HeaderNames(trace_context.FIELDS)
 
 
 class Leg:
@@ -33,7 +31,7 @@ class Leg:
     __slots__ = ("attributes", "span", "started")
     # attributes: the metric attributes of this call (the request's, and the backend).
 
-    def __init__(self, span: Span | None, attributes: dict[str, str | int]) -> None:
+    def __init__(self, span: Span | None, attributes: dict[str, str | int] | None) -> None:
         self.span = span
         self.attributes = attributes
         self.started = time.perf_counter()
@@ -43,9 +41,7 @@ class RequestTrace:
     __slots__ = (
         "_instruments",
         "_legs",
-        "_tracer",
         "attributes",
-        "context",
         "meta_context",
         "metric_attributes",
         "name",
@@ -55,24 +51,22 @@ class RequestTrace:
 
     def __init__(
         self,
-        tracer: Tracer | None,
         instruments: Instruments | None,
         name: str,
         attributes: dict[str, str | int],
-        metric_attributes: dict[str, str | int],
+        metric_attributes: dict[str, str | int] | None,
         span: Span | None,
-        parent: Context | None,
     ) -> None:
-        self._tracer = tracer
         self._instruments = instruments
         self.name = name
         self.attributes = attributes
         """The request's span attributes (method, target, protocol version), which its
         client spans repeat."""
         self.metric_attributes = metric_attributes
-        """The same, bounded for metrics (no URIs, tool names past the limit folded)."""
+        """The same, bounded for metrics (no URIs, tool names past the limit folded);
+        None when metrics are off."""
         self.span = span
-        self.context = trace.set_span_in_context(span, parent) if span is not None else None
+        """The SERVER span; None when the request is only measured."""
         self._legs: list[Leg] = []
         self.meta_context = False
         """The request's body carries a trace context in ``params._meta``: a backend call
@@ -88,24 +82,19 @@ class RequestTrace:
             attributes[semconv.SERVER_ADDRESS] = url.host
         if url.port is not None:
             attributes[semconv.SERVER_PORT] = url.port
-        span = None
-        if self._tracer is not None and self.context is not None:
-            span = self._tracer.start_span(
-                self.name,
-                context=self.context,
-                kind=SpanKind.CLIENT,
-                attributes=attributes,
-            )
-        metric_attributes = dict(self.metric_attributes)
-        metric_attributes[semconv.BACKEND] = backend
+        span = (
+            self.span.child(self.name, spans.CLIENT, attributes) if self.span is not None else None
+        )
+        metric_attributes = None
+        if self.metric_attributes is not None:
+            metric_attributes = dict(self.metric_attributes)
+            metric_attributes[semconv.BACKEND] = backend
         self._legs.append(Leg(span, metric_attributes))
         if span is None:
             return edit
-        carrier = trace_context.inject(trace.set_span_in_context(span, self.context))
+        carrier = span.carrier()
         self.sent = carrier
-        if edit is None:
-            return HeaderEdit(_TRACE_HEADERS, carrier.items())
-        return HeaderEdit((*edit.drop, *_TRACE_HEADERS), (*edit.set, *carrier.items()))
+        return HeaderEdit.adding(edit, _TRACE_HEADERS, carrier)
 
     def end(self, status: int, error: tuple[int, str] | None, failure: str | None) -> str | None:
         """The request is over: its HTTP status, the JSON-RPC error of its answer, and the
@@ -117,7 +106,7 @@ class RequestTrace:
             error_type = str(status)
         for leg in self._legs:
             _finish(leg.span, status, error, error_type)
-            if self._instruments is not None:
+            if self._instruments is not None and leg.attributes is not None:
                 self._instruments.client_duration.record(
                     now - leg.started, _with_error(leg.attributes, error_type)
                 )
@@ -130,12 +119,12 @@ def _finish(
 ) -> None:
     if span is None:
         return
-    span.set_attribute(semconv.HTTP_STATUS, status)
+    attributes = span.attributes
+    attributes[semconv.HTTP_STATUS] = status
     if error is not None:
-        span.set_attribute(semconv.STATUS_CODE, str(error[0]))
+        attributes[semconv.STATUS_CODE] = str(error[0])
     if error_type is not None:
-        span.set_attribute(semconv.ERROR_TYPE, error_type)
-        span.set_status(Status(StatusCode.ERROR))
+        span.fail(error_type)
     span.end()
 
 

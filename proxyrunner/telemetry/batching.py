@@ -1,11 +1,12 @@
-"""A span processor that can never slow traffic down: a bounded queue, one exporting
+"""Span batching that can never slow traffic down: a bounded queue, one exporting
 thread, and drops (counted) when the collector falls behind.
 
-The SDK's BatchSpanProcessor would do the batching, but it evicts silently and offers no
-count of what it dropped that does not reach into its internals. Here the event loop's
-only work per span is an append to a deque (thread-safe, O(1)); export, retries and the
-collector's latency all stay on the worker thread. When the queue is full the *new* span
-is dropped: the queued ones are older, part of traces already partly exported.
+An ended span is encoded at once, on the event loop (a few microseconds: ``otlp``), and
+its bytes appended to a deque (thread-safe, O(1)); export, retries and the collector's
+latency stay on the worker thread, which runs little Python and so rarely takes the GIL
+from the loop. Queued spans are small bytes, not objects holding dicts. When the queue
+is full the *new* span is dropped: the queued ones are older, part of traces already
+partly exported.
 """
 
 from __future__ import annotations
@@ -15,17 +16,19 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from opentelemetry.context import Context
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
-from opentelemetry.sdk.trace.export import SpanExporter
+from proxyrunner.telemetry.spans import Span
 
 DropCounter = Callable[[int], None]
+Encode = Callable[[Span], bytes]
+Export = Callable[[Sequence[bytes]], bool]
+"""Send one batch of encoded spans; True when the collector took it."""
 
 
-class BoundedBatchProcessor(SpanProcessor):
+class BoundedBatchProcessor:
     def __init__(
         self,
-        exporter: SpanExporter,
+        encode: Encode,
+        export: Export,
         *,
         max_queue_size: int = 2048,
         max_batch_size: int = 512,
@@ -33,13 +36,14 @@ class BoundedBatchProcessor(SpanProcessor):
         on_drop: DropCounter = lambda count: None,
         on_export_failure: Callable[[], None] = lambda: None,
     ) -> None:
-        self._exporter = exporter
+        self._encode = encode
+        self._export = export
         self._max_queue = max_queue_size
         self._max_batch = min(max_batch_size, max_queue_size)
         self._delay = schedule_delay
         self._on_drop = on_drop
         self._on_failure = on_export_failure
-        self._queue: collections.deque[ReadableSpan] = collections.deque()
+        self._queue: collections.deque[bytes] = collections.deque()
         self._wake = threading.Event()
         self._export_lock = threading.Lock()
         self._stopped = False
@@ -48,19 +52,18 @@ class BoundedBatchProcessor(SpanProcessor):
         )
         self._worker.start()
 
-    # SpanProcessor: on_start and on_end run on the event loop, so they only touch the deque.
-    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        pass
-
-    def on_end(self, span: ReadableSpan) -> None:
-        if self._stopped:
-            self._on_drop(1)
-            return
+    def on_end(self, span: Span) -> None:
+        """A span ended (on the event loop): encode it and queue its bytes."""
         queue = self._queue
-        if len(queue) >= self._max_queue:
+        if self._stopped or len(queue) >= self._max_queue:
             self._on_drop(1)
             return
-        queue.append(span)
+        try:
+            encoded = self._encode(span)
+        except Exception:  # an encoding bug loses the span, never the request
+            self._on_drop(1)
+            return
+        queue.append(encoded)
         if len(queue) >= self._max_batch and not self._wake.is_set():
             self._wake.set()
 
@@ -80,12 +83,12 @@ class BoundedBatchProcessor(SpanProcessor):
                 if deadline is not None and time.monotonic() >= deadline:
                     return False
                 count = min(self._max_batch, len(queue))
-                batch: Sequence[ReadableSpan] = [queue.popleft() for _ in range(count)]
+                batch = [queue.popleft() for _ in range(count)]
                 try:
-                    result = self._exporter.export(batch)
+                    sent = self._export(batch)
                 except Exception:  # an exporter bug must not kill the worker
-                    result = None
-                if result is None or result.name != "SUCCESS":
+                    sent = False
+                if not sent:
                     # The exporter already retried within its timeout: the batch is lost.
                     self._on_drop(count)
                     self._on_failure()
@@ -103,7 +106,6 @@ class BoundedBatchProcessor(SpanProcessor):
         if left:
             self._queue.clear()
             self._on_drop(left)
-        self._exporter.shutdown()
 
     @property
     def queued(self) -> int:

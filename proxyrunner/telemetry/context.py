@@ -2,33 +2,35 @@
 message (the 2026-07-28 revision's place for it, and the only one a stdio server has).
 
 The fields are ``traceparent``, ``tracestate`` and ``baggage``, the same names in both
-places. Extraction and injection go through the SDK's W3C propagators; this module adds
-the cheap checks the hot path needs before it pays for them: whether a request carries a
-context at all, and whether that context is sampled (the proxy follows its parent's
-decision, as OpenTelemetry's parent-based sampler does).
+places. This module holds the cheap checks the hot path needs: whether a request
+carries a context at all, and whether that context is sampled (the proxy follows its
+parent's decision, as OpenTelemetry's parent-based sampler does); ``spans`` reads the
+ids and writes the proxy's own ``traceparent``.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, MutableMapping
+import re
+from collections.abc import Mapping
 from typing import Any, Final
 
-from opentelemetry import context as otel_context
-from opentelemetry import trace
-from opentelemetry.baggage.propagation import W3CBaggagePropagator
-from opentelemetry.context import Context
-from opentelemetry.propagators.composite import CompositePropagator
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from proxyrunner.telemetry import spans
 
 FIELDS: Final = ("traceparent", "tracestate", "baggage")
 _META_MARKER: Final = b'"traceparent"'
 _HEX: Final = frozenset("0123456789abcdef")
 # A header longer than this is not a traceparent (55 characters in version 00) and is not
-# looked at; tracestate and baggage are bounded by the propagators themselves.
+# looked at. W3C bounds tracestate to 32 entries (512 characters is what a receiver must
+# at least keep) and baggage to 8192 bytes: past those they are not passed on.
 _TRACEPARENT_MAX: Final = 256
-
-PROPAGATOR: Final = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
+_TRACESTATE_MAX: Final = 512
+_BAGGAGE_MAX: Final = 8192
+_LIMITS: Final = {"tracestate": _TRACESTATE_MAX, "baggage": _BAGGAGE_MAX}
+# What may pass on into a backend's headers: printable ASCII and spaces (both fields'
+# grammars are narrower still); a value with a control character, a line break above
+# all, is not passed on.
+_FORWARDABLE: Final = re.compile(r"[\x20-\x7e]*")
 
 Carrier = dict[str, str]
 
@@ -62,9 +64,9 @@ def from_headers(headers: Mapping[str, str]) -> Carrier | None:
     if traceparent is None:
         return None
     carrier = {"traceparent": traceparent}
-    for name in ("tracestate", "baggage"):
+    for name, limit in _LIMITS.items():
         value = headers.get(name)
-        if value is not None:
+        if value is not None and len(value) <= limit and _FORWARDABLE.fullmatch(value):
             carrier[name] = value
     return carrier
 
@@ -80,7 +82,12 @@ def from_meta(message: Any) -> Carrier | None:
     meta = _meta_of(message)
     if meta is None or not isinstance(meta.get("traceparent"), str):
         return None
-    return {name: meta[name] for name in FIELDS if isinstance(meta.get(name), str)}
+    carrier = {"traceparent": meta["traceparent"]}
+    for name, limit in _LIMITS.items():
+        value = meta.get(name)
+        if isinstance(value, str) and len(value) <= limit and _FORWARDABLE.fullmatch(value):
+            carrier[name] = value
+    return carrier
 
 
 def into_meta(message: Any, carrier: Mapping[str, str]) -> None:
@@ -102,16 +109,6 @@ def into_meta(message: Any, carrier: Mapping[str, str]) -> None:
     for name in FIELDS:
         meta.pop(name, None)
     meta.update(carrier)
-
-
-def extract(carrier: Mapping[str, str]) -> Context:
-    return PROPAGATOR.extract(carrier)
-
-
-def inject(context: Context) -> Carrier:
-    carrier: MutableMapping[str, str] = {}
-    PROPAGATOR.inject(carrier, context=context)
-    return dict(carrier)
 
 
 class Sampling:
@@ -146,21 +143,20 @@ def _meta_of(message: Any) -> dict[str, Any] | None:
 def note(name: str, attributes: Mapping[str, str | int] | None = None) -> None:
     """An event on the span of the request being served, if it is traced (a no-op
     otherwise): for rare moments worth seeing in a trace, such as a re-initialize."""
-    span = trace.get_current_span()
-    if span.is_recording():
-        span.add_event(name, attributes)
+    span = spans.current()
+    if span is not None:
+        span.event(name, attributes)
 
 
 def annotate(name: str, value: str) -> None:
     """Set an attribute on the span of the request being served, if it is traced."""
-    span = trace.get_current_span()
-    if span.is_recording():
-        span.set_attribute(name, value)
+    span = spans.current()
+    if span is not None:
+        span.set(name, value)
 
 
 def current_carrier() -> Carrier:
     """The context of the span being served, for a request the proxy makes on its own
     behalf inside it (a replayed initialize); empty when nothing is traced."""
-    if not trace.get_current_span().is_recording():
-        return {}
-    return inject(otel_context.get_current())
+    span = spans.current()
+    return span.carrier() if span is not None else {}

@@ -1,14 +1,17 @@
-"""The process's OpenTelemetry: a tracer and the MCP duration histograms, exported over
-OTLP/HTTP, built from ``telemetry_config``; and its flush when the process stops.
+"""The process's OpenTelemetry: spans and the MCP duration histograms, exported over
+OTLP/HTTP (protobuf), built from ``telemetry_config``; and its flush when the process
+stops.
 
-Nothing here is global: the SDK's global providers stay unset, and whoever records
-(the pipeline's telemetry stage, the forwarder, the stdio bridge, the session store) is
-handed this object. Off (no ``telemetry_config``, or neither signal on) there is no
-object at all, so the hot path pays one ``is None`` test.
+Nothing here is global, and the OpenTelemetry SDK is not used: whoever records (the
+pipeline's telemetry stage, the forwarder, the stdio bridge, the session store) is
+handed this object, and spans (``spans``), histograms (``histograms``) and their
+encoding (``otlp``) are the proxy's own, at a small fraction of the SDK's cost per
+request. Off (no ``telemetry_config``, or neither signal on) there is no object at all,
+so the hot path pays one ``is None`` test.
 
-Exports run on the SDK's threads: spans on the bounded batch processor's worker, metrics
-on the periodic reader's. A collector that is slow or down costs dropped spans, counted
-through ``on_drop``, never a blocked request.
+Exports run on threads of their own: spans on the bounded batch processor's worker,
+metrics on the periodic exporter's. A collector that is slow or down costs dropped
+spans, counted through ``on_drop``, never a blocked request.
 """
 
 from __future__ import annotations
@@ -17,24 +20,18 @@ import asyncio
 import contextlib
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Final
 
-from opentelemetry import trace
-from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-from opentelemetry.metrics import Histogram
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
-
 from proxyrunner.config.telemetry import TelemetryConfig
+from proxyrunner.telemetry import otlp, spans
 from proxyrunner.telemetry.batching import BoundedBatchProcessor, DropCounter
-from proxyrunner.telemetry.context import Carrier, Sampling, extract, inject, sampled_flag
+from proxyrunner.telemetry.context import Carrier, Sampling, sampled_flag
+from proxyrunner.telemetry.export import OtlpHttp
+from proxyrunner.telemetry.histograms import Histogram, PeriodicExport
+from proxyrunner.telemetry.spans import Sink, Span
 
 SCOPE: Final = "proxyrunner"
 Finish = Callable[[str | None], None]
@@ -65,57 +62,54 @@ class Telemetry:
     ) -> None:
         self.config = config
         self.sampling = Sampling(config.sampling_rate)
-        resource = Resource.create(_resource_attributes(config, replica, version))
-        self._tracer_provider: TracerProvider | None = None
+        encoded_resource = otlp.resource(_resource_attributes(config, replica, version))
+        encoded_scope = otlp.scope(SCOPE, version)
+        user_agent = f"proxyrunner/{version or 'dev'}"
         self._processor: BoundedBatchProcessor | None = None
-        self._meter_provider: MeterProvider | None = None
-        self.tracer: Tracer | None = None
-        """None when tracing is off."""
+        self._metrics: PeriodicExport | None = None
+        self._posters: list[OtlpHttp] = []
+        self.sink: Sink | None = None
+        """Where an ended span goes; None when tracing is off."""
         self.instruments: Instruments | None = None
         """None when metrics are off."""
         if config.tracing_enabled:
-            # The sampling decision is made before a span exists (Sampling), so that an
-            # unsampled request never allocates one; what reaches the SDK is kept.
-            provider = TracerProvider(resource=resource, sampler=ALWAYS_ON)
+            traces = OtlpHttp(config.traces_url, config.headers, _EXPORT_TIMEOUT, user_agent)
+            self._posters.append(traces)
+
+            def export(batch: Sequence[bytes]) -> bool:
+                return traces.post(otlp.trace_request(encoded_resource, encoded_scope, batch))
+
             self._processor = BoundedBatchProcessor(
-                OTLPSpanExporter(
-                    endpoint=config.traces_url,
-                    headers=dict(config.headers),
-                    timeout=_EXPORT_TIMEOUT,
-                ),
+                otlp.span_field,
+                export,
                 max_queue_size=config.max_queue_size,
                 on_drop=on_drop,
                 on_export_failure=on_export_failure,
             )
-            provider.add_span_processor(self._processor)
-            self._tracer_provider = provider
-            self.tracer = provider.get_tracer(SCOPE, version)
+            self.sink = self._processor.on_end
         if config.metrics_enabled:
-            reader = PeriodicExportingMetricReader(
-                OTLPMetricExporter(
-                    endpoint=config.metrics_url,
-                    headers=dict(config.headers),
-                    timeout=_EXPORT_TIMEOUT,
-                ),
-                export_interval_millis=config.metric_export_interval * 1000,
-                export_timeout_millis=_EXPORT_TIMEOUT * 1000,
-            )
-            meters = MeterProvider(resource=resource, metric_readers=[reader])
-            meter = meters.get_meter(SCOPE, version)
-            self._meter_provider = meters
+            metrics = OtlpHttp(config.metrics_url, config.headers, _EXPORT_TIMEOUT, user_agent)
+            self._posters.append(metrics)
             self.instruments = Instruments(
-                server_duration=meter.create_histogram(
+                server_duration=Histogram(
                     "mcp.server.operation.duration",
-                    unit="s",
-                    description="Duration of MCP requests as the proxy served them",
-                    explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
+                    "s",
+                    "Duration of MCP requests as the proxy served them",
+                    _DURATION_BUCKETS,
                 ),
-                client_duration=meter.create_histogram(
+                client_duration=Histogram(
                     "mcp.client.operation.duration",
-                    unit="s",
-                    description="Duration of the proxy's MCP requests to its backend",
-                    explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
+                    "s",
+                    "Duration of the proxy's MCP requests to its backend",
+                    _DURATION_BUCKETS,
                 ),
+            )
+            self._metrics = PeriodicExport(
+                (self.instruments.server_duration, self.instruments.client_duration),
+                partial(otlp.metrics_request, encoded_resource, encoded_scope),
+                metrics.post,
+                config.metric_export_interval,
+                on_export_failure,
             )
 
     @contextlib.contextmanager
@@ -124,15 +118,19 @@ class Telemetry:
     ) -> Iterator[Span | None]:
         """A CLIENT span under the current one (a Redis call inside a traced request), or
         nothing when tracing is off or the current request is not traced: background
-        work does not start traces of its own."""
-        tracer = self.tracer
-        if tracer is None or not trace.get_current_span().is_recording():
+        work does not start traces of its own. An exception marks it failed."""
+        parent = spans.current()
+        if parent is None:
             yield None
             return
-        with tracer.start_as_current_span(
-            name, kind=SpanKind.CLIENT, attributes=attributes
-        ) as span:
+        span = parent.child(name, spans.CLIENT, dict(attributes or {}))
+        try:
             yield span
+        except BaseException as exc:
+            span.fail(type(exc).__name__)
+            raise
+        finally:
+            span.end()
 
     def relay_span(
         self, name: str, carrier: Carrier | None, attributes: Mapping[str, str | int]
@@ -141,19 +139,17 @@ class Telemetry:
         headers (the stdio bridge writing to its server): the child of ``carrier`` when
         that is sampled. Returns how to end it (with an ``error.type`` or None) and the
         context to send; an unsampled or absent context is passed on unchanged."""
-        tracer = self.tracer
-        if tracer is None or carrier is None or sampled_flag(carrier["traceparent"]) is not True:
+        sink = self.sink
+        if sink is None or carrier is None or sampled_flag(carrier["traceparent"]) is not True:
             return _no_span, carrier
-        parent = extract(carrier)
-        span = tracer.start_span(name, context=parent, kind=SpanKind.CLIENT, attributes=attributes)
+        span = spans.root(sink, name, spans.CLIENT, dict(attributes), carrier)
 
         def finish(error_type: str | None) -> None:
             if error_type is not None:
-                span.set_attribute("error.type", error_type)
-                span.set_status(Status(StatusCode.ERROR))
+                span.fail(error_type)
             span.end()
 
-        return finish, inject(trace.set_span_in_context(span, parent))
+        return finish, span.carrier()
 
     @property
     def queued_spans(self) -> int:
@@ -181,11 +177,11 @@ class Telemetry:
     def _flush_and_stop(self) -> None:
         if self._processor is not None:
             self._processor.force_flush(int(_EXPORT_TIMEOUT * 1000))
-        if self._tracer_provider is not None:
-            self._tracer_provider.shutdown()
-        if self._meter_provider is not None:
-            # Collects and exports once more: the last interval's operations are sent.
-            self._meter_provider.shutdown(timeout_millis=int(_EXPORT_TIMEOUT * 1000))
+            self._processor.shutdown()
+        if self._metrics is not None:
+            self._metrics.shutdown()
+        for poster in self._posters:
+            poster.close()
 
 
 def _no_span(error_type: str | None) -> None:

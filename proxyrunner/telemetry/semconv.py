@@ -80,12 +80,12 @@ def span_name(method: str, target: tuple[str, str] | None) -> str:
 
 
 def request_attributes(
-    method: str, message: Any, protocol_version: str | None
+    method: str, target: tuple[str, str] | None, protocol_version: str | None
 ) -> dict[str, str | int]:
+    """A request's attributes, given its ``target_of``."""
     attributes: dict[str, str | int] = {METHOD: method, **BASE_ATTRIBUTES}
     if protocol_version:
         attributes[PROTOCOL_VERSION] = protocol_version[:32]
-    target = target_of(message)
     if target is not None:
         attributes[target[0]] = target[1]
     if method == "tools/call":

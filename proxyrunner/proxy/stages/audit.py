@@ -20,9 +20,10 @@ X-Forwarded-For is a header the client writes, and header values are never recor
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from aiohttp import web
 
@@ -34,6 +35,7 @@ from proxyrunner.proxy.errors import ProxyError
 from proxyrunner.proxy.pipeline import Exchange, Next
 
 _REASONS = {401: "unauthenticated", 403: "forbidden"}
+_ERROR: Final = re.compile(rb'"error"')
 _CLIENT_GONE = 499  # as the request metrics count a request the client gave up on
 
 
@@ -45,10 +47,12 @@ class AuditSink(Protocol):
 class _Answer:
     """Watches the answer: its first JSON-RPC error, and its messages when asked."""
 
-    __slots__ = ("capture", "error_code")
+    __slots__ = ("capture", "error_code", "needle")
 
     def __init__(self, capture: Capture | None) -> None:
         self.capture = capture
+        # Without a capture only an error matters, and an answer without one is not parsed.
+        self.needle: re.Pattern[bytes] | None = None if capture is not None else _ERROR
         self.error_code: int | None = None
 
     def on_response(self, status: int, headers: Any) -> None:

@@ -15,19 +15,18 @@ GET listen streams are not MCP operations and are not traced.
 
 from __future__ import annotations
 
+import re
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
-from opentelemetry import context as otel_context
-from opentelemetry.trace import SpanKind
 
 from proxyrunner.principal import short_hash
 from proxyrunner.proxy.errors import ProxyError
 from proxyrunner.proxy.pipeline import Exchange, Next
 from proxyrunner.proxy.tracing import RequestTrace
 from proxyrunner.telemetry import context as trace_context
-from proxyrunner.telemetry import semconv
+from proxyrunner.telemetry import semconv, spans
 
 if TYPE_CHECKING:
     from proxyrunner.telemetry.runtime import Telemetry
@@ -36,10 +35,15 @@ if TYPE_CHECKING:
 _TARGETED = frozenset(("tools/call", "prompts/get", "resources/read"))
 
 
+_ERROR: Final = re.compile(rb'"(?:error|isError)"')
+
+
 class _Answer:
     """Watches a traced request's answer for a JSON-RPC error."""
 
     __slots__ = ("error",)
+    # What semconv.error_of looks for: an answer with neither is not parsed.
+    needle: re.Pattern[bytes] | None = _ERROR
 
     def __init__(self) -> None:
         self.error: tuple[int, str] | None = None
@@ -59,7 +63,7 @@ class TelemetryStage:
     name = "telemetry"
 
     def __init__(self, telemetry: Telemetry) -> None:
-        self._tracer = telemetry.tracer
+        self._sink = telemetry.sink
         self._instruments = telemetry.instruments
         self._sampling = telemetry.sampling
         self._names = semconv.BoundedNames()
@@ -76,14 +80,15 @@ class TelemetryStage:
         if carrier is None and meta_possible:
             message = _parsed(exchange)
             carrier = trace_context.from_meta(message)
-        sampled = self._tracer is not None and self._sampling.decide(carrier)
+        sampled = self._sink is not None and self._sampling.decide(carrier)
         if not sampled and self._instruments is None:
             return await call_next(exchange)
         method = exchange.rpc_method
         if message is None and (sampled or method in _TARGETED):
             message = _parsed(exchange)
-        attributes = semconv.request_attributes(method, message, exchange.protocol_version)
-        name = semconv.span_name(method, semconv.target_of(message))
+        target = semconv.target_of(message)
+        attributes = semconv.request_attributes(method, target, exchange.protocol_version)
+        name = semconv.span_name(method, target)
         trace = self._open(exchange, name, attributes, carrier if sampled else None, sampled)
         trace.meta_context = (
             sampled and meta_possible and trace_context.from_meta(message) is not None
@@ -92,7 +97,7 @@ class TelemetryStage:
         if trace.span is not None:
             answer = _Answer()
             exchange.watch(answer)
-        token = otel_context.attach(trace.context) if trace.context is not None else None
+        token = spans.enter(trace.span) if trace.span is not None else None
         status, failure = 499, None
         try:
             response = await call_next(exchange)
@@ -106,7 +111,7 @@ class TelemetryStage:
             raise
         finally:
             if token is not None:
-                otel_context.detach(token)
+                spans.leave(token)
             self._close(exchange, trace, status, answer, failure, started)
 
     def _open(
@@ -117,27 +122,21 @@ class TelemetryStage:
         carrier: trace_context.Carrier | None,
         sampled: bool,
     ) -> RequestTrace:
-        metric_attributes = _bounded(attributes, self._names)
-        span = parent = None
-        if sampled and self._tracer is not None:
+        metric_attributes = (
+            _bounded(attributes, self._names) if self._instruments is not None else None
+        )
+        span = None
+        if sampled and self._sink is not None:
+            # The client's side of the request: on the server span only, not repeated on
+            # the backend calls (which name the backend instead).
+            served = dict(attributes)
             if exchange.session_id is not None:
-                attributes[semconv.SESSION] = short_hash(exchange.session_id)
+                served[semconv.SESSION] = short_hash(exchange.session_id)
             remote = exchange.request.remote
             if remote:
-                attributes[semconv.CLIENT_ADDRESS] = remote
-            parent = trace_context.extract(carrier) if carrier is not None else None
-            span = self._tracer.start_span(
-                name, context=parent, kind=SpanKind.SERVER, attributes=attributes
-            )
-        trace = RequestTrace(
-            self._tracer if sampled else None,
-            self._instruments,
-            name,
-            attributes,
-            metric_attributes,
-            span,
-            parent,
-        )
+                served[semconv.CLIENT_ADDRESS] = remote
+            span = spans.root(self._sink, name, spans.SERVER, served, carrier)
+        trace = RequestTrace(self._instruments, name, attributes, metric_attributes, span)
         exchange.trace = trace
         return trace
 
@@ -154,11 +153,11 @@ class TelemetryStage:
         if span is not None:
             principal = exchange.principal
             if principal is not None and principal.client_id:
-                span.set_attribute(semconv.CLIENT_ID, principal.client_id)
+                span.set(semconv.CLIENT_ID, principal.client_id)
         error = answer.error if answer is not None else None
         error_type = trace.end(status, error, failure)
         instruments = self._instruments
-        if instruments is not None:
+        if instruments is not None and trace.metric_attributes is not None:
             recorded = trace.metric_attributes
             if error_type is not None:
                 recorded = {**recorded, semconv.ERROR_TYPE: error_type}
