@@ -4,6 +4,7 @@ proxy's own loader reads, with the OTLP headers from a Secret and never in a Con
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -189,3 +190,22 @@ def test_telemetry_with_neither_signal_fails_rendering() -> None:
     assert "telemetry.enabled needs telemetry.tracingEnabled or telemetry.metricsEnabled" in (
         result.stderr
     )
+
+
+def test_every_telemetry_value_is_in_the_readmes_chart_table() -> None:
+    readme = (chart.REPO / "README.md").read_text()
+    values = yaml.safe_load((chart.CHART / "values.yaml").read_text())["telemetry"]
+    (row,) = [line for line in readme.splitlines() if line.startswith("| `telemetry.*` |")]
+    for name in [*values, *values["headersSecret"]]:
+        assert f"`{name}`" in row, name
+
+
+def test_the_readme_telemetry_example_is_the_values_file_the_tests_check() -> None:
+    readme = (chart.REPO / "README.md").read_text()
+    section = readme[readme.index("On Kubernetes the chart's `telemetry.*` values") :]
+    start = section.index("```yaml\n") + len("```yaml\n")
+    example = section[start : section.index("```", start)]
+    assert yaml.safe_load(example) == yaml.safe_load(TELEMETRY.read_text())
+    command = section[: section.index("```yaml\n")]
+    (created,) = re.findall(r"create secret generic (\S+) --from-literal=([^=]+)=", command)
+    assert {created} == set(chart.secret_env(chart.render(TELEMETRY)).values())
