@@ -102,3 +102,15 @@ def mounted_source(docs: list[dict[str, Any]], path: str) -> tuple[str, str, str
                 key = items[relative] if items else relative
                 return kind, source[name_field], key
     raise AssertionError(f"{path} is on no ConfigMap or Secret volume of the proxy")
+
+
+SCHEMA_REFUSAL = "values don't meet the specifications of the schema"
+
+
+def schema_refusal(*args: str) -> str:
+    """What helm says refusing the values of ``helm template r CHART *args`` by the
+    schema (it must refuse them)."""
+    result = helm("template", "r", str(CHART), *args)
+    assert result.returncode != 0, result.stdout
+    assert SCHEMA_REFUSAL in result.stderr, result.stderr
+    return result.stderr

@@ -102,3 +102,62 @@ def test_an_unusable_otel_variable_is_refused_by_name() -> None:
             telemetry_config={"endpoint": "col:4318", "tracingEnabled": True},
         )
     assert "OTEL_TRACES_SAMPLER_ARG" in str(caught.value)
+
+
+SIGNALS = {
+    "OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer%20general-s3cr3t,x-tenant=blue",
+    "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "authorization=Bearer%20traces-s3cr3t",
+}
+
+
+def test_a_signals_own_headers_variable_replaces_the_general_one_for_that_signal() -> None:
+    telemetry = load(SIGNALS, telemetry_config=TOOLHIVE).telemetry
+    # The RunConfig's header (x-tenant: blue from TOOLHIVE) is on both, key by key.
+    assert telemetry.signal_headers("traces") == {
+        "authorization": "Bearer traces-s3cr3t",
+        "x-tenant": "blue",
+    }
+    assert telemetry.signal_headers("metrics") == {
+        "authorization": "Bearer general-s3cr3t",
+        "x-tenant": "blue",
+    }
+    assert telemetry.signal_headers("metrics") == telemetry.headers
+
+
+def test_a_signals_own_headers_need_no_general_variable_and_the_runconfig_wins() -> None:
+    telemetry = load(
+        {"OTEL_EXPORTER_OTLP_METRICS_HEADERS": "x-tenant=red,x-metrics=1"},
+        telemetry_config=TOOLHIVE,
+    ).telemetry
+    assert telemetry.signal_headers("metrics") == {"x-tenant": "blue", "x-metrics": "1"}
+    assert telemetry.signal_headers("traces") == {"x-tenant": "blue"}
+
+
+def test_without_any_headers_variable_every_signal_has_the_runconfigs_headers() -> None:
+    telemetry = load({"OTEL_EXPORTER_OTLP_TRACES_HEADERS": ""}, telemetry_config=TOOLHIVE).telemetry
+    for signal in ("traces", "metrics"):
+        assert telemetry.signal_headers(signal) == {"x-tenant": "blue"}
+
+
+def test_per_signal_header_values_never_appear_in_a_repr_or_a_dump() -> None:
+    config = load(
+        {**SIGNALS, "OTEL_EXPORTER_OTLP_METRICS_HEADERS": "authorization=metrics-s3cr3t"},
+        telemetry_config=TOOLHIVE,
+    )
+    assert config.telemetry.signal_headers("metrics")["authorization"] == "metrics-s3cr3t"
+    for shown in (dump_json(config), repr(config), repr(config.telemetry)):
+        assert "s3cr3t" not in shown
+    assert "traces_headers" not in dump_json(config)  # the environment's, never dumped
+
+
+@pytest.mark.parametrize(
+    "variable", ["OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_METRICS_HEADERS"]
+)
+def test_a_malformed_per_signal_headers_variable_is_refused_without_echoing_it(
+    variable: str,
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load({variable: "authorization=ok,hunter2-without-equals"}, telemetry_config=TOOLHIVE)
+    assert variable in str(caught.value)
+    assert "entry 2" in str(caught.value)
+    assert "hunter2" not in str(caught.value)

@@ -14,8 +14,9 @@ error. ``metricExportInterval`` and ``maxQueueSize`` are ours.
 The environment (``telemetry_env.overlay_env``, called by ``environment.apply_env_overrides``) fills
 what the RunConfig leaves unset; an OTLP endpoint from the environment alone turns both
 signals on, as the OpenTelemetry SDKs do. OTLP headers usually carry a secret (an API
-key), so ``OTEL_EXPORTER_OTLP_HEADERS`` is where they belong; their values are never in
-a problem, a repr, a dump or the startup summary.
+key), so ``OTEL_EXPORTER_OTLP_HEADERS`` is where they belong (``..._TRACES_HEADERS`` and
+``..._METRICS_HEADERS`` replace it for one signal: ``signal_headers``); their values are
+never in a problem, a repr, a dump or the startup summary.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from dataclasses import fields as dataclass_fields
-from typing import Any, Final
+from typing import Any, Final, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from proxyrunner import __version__
@@ -60,6 +61,8 @@ ENDPOINT_ENV: Final = "OTEL_EXPORTER_OTLP_ENDPOINT"
 TRACES_ENDPOINT_ENV: Final = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
 METRICS_ENDPOINT_ENV: Final = "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"
 HEADERS_ENV: Final = "OTEL_EXPORTER_OTLP_HEADERS"
+TRACES_HEADERS_ENV: Final = "OTEL_EXPORTER_OTLP_TRACES_HEADERS"
+METRICS_HEADERS_ENV: Final = "OTEL_EXPORTER_OTLP_METRICS_HEADERS"
 INSECURE_ENV: Final = "OTEL_EXPORTER_OTLP_INSECURE"
 PROTOCOL_ENV: Final = "OTEL_EXPORTER_OTLP_PROTOCOL"
 SERVICE_NAME_ENV: Final = "OTEL_SERVICE_NAME"
@@ -110,6 +113,11 @@ class TelemetryConfig:
     """OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: the traces URL, used as is (no path added)."""
     metrics_endpoint: str = ""
     """OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: the metrics URL, used as is."""
+    traces_headers: Mapping[str, str] | None = field(default=None, repr=False)
+    """OTEL_EXPORTER_OTLP_TRACES_HEADERS with the RunConfig's ``headers`` over it: what
+    spans are sent with instead of ``headers``; None when that variable is unset."""
+    metrics_headers: Mapping[str, str] | None = field(default=None, repr=False)
+    """OTEL_EXPORTER_OTLP_METRICS_HEADERS, the same for metrics."""
     given: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
     """The attributes the RunConfig set, even to their default: the environment fills
     only the others. (An attribute that differs from its default counts as set too.)"""
@@ -160,6 +168,14 @@ class TelemetryConfig:
         return (self.tracing_enabled and bool(self.traces_url)) or (
             self.metrics_enabled and bool(self.metrics_url)
         )
+
+    def signal_headers(self, signal: Literal["traces", "metrics"]) -> Mapping[str, str]:
+        """The headers one signal's OTLP requests carry. Its own variable
+        (OTEL_EXPORTER_OTLP_TRACES_HEADERS, _METRICS_HEADERS) replaces
+        OTEL_EXPORTER_OTLP_HEADERS for it, as the OpenTelemetry SDKs read them; the
+        RunConfig's ``headers`` win over either, key by key."""
+        own = self.traces_headers if signal == "traces" else self.metrics_headers
+        return self.headers if own is None else own
 
     def sets(self, attribute: str) -> bool:
         """Whether the RunConfig set the attribute (the environment then leaves it)."""

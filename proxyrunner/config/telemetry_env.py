@@ -24,6 +24,7 @@ from proxyrunner.config.telemetry import (
     METRIC_EXPORT_INTERVAL_ENV,
     METRICS_ENDPOINT_ENV,
     METRICS_EXPORTER_ENV,
+    METRICS_HEADERS_ENV,
     PROTOCOL_ENV,
     RESOURCE_ATTRIBUTES_ENV,
     SAMPLER_ARG_ENV,
@@ -32,6 +33,7 @@ from proxyrunner.config.telemetry import (
     SERVICE_NAME_ENV,
     TRACES_ENDPOINT_ENV,
     TRACES_EXPORTER_ENV,
+    TRACES_HEADERS_ENV,
     TelemetryConfig,
     endpoint_problem,
     with_server_name,
@@ -88,9 +90,14 @@ def overlay_env(
         size = _env_int(env, MAX_QUEUE_SIZE_ENV, p)
         if size is not None:
             changes["max_queue_size"] = size
-    if env.get(HEADERS_ENV):
-        headers = _pairs(env[HEADERS_ENV], HEADERS_ENV, p, secret=True)
-        changes["headers"] = {**headers, **base.headers}  # the RunConfig's win, key by key
+    for attribute, variable in (
+        ("headers", HEADERS_ENV),
+        ("traces_headers", TRACES_HEADERS_ENV),
+        ("metrics_headers", METRICS_HEADERS_ENV),
+    ):
+        if env.get(variable):
+            headers = _pairs(env[variable], variable, p, secret=True)
+            changes[attribute] = {**headers, **base.headers}  # the RunConfig's win, key by key
     if env.get(RESOURCE_ATTRIBUTES_ENV):
         attributes = _pairs(env[RESOURCE_ATTRIBUTES_ENV], RESOURCE_ATTRIBUTES_ENV, p)
         changes["custom_attributes"] = {**attributes, **base.custom_attributes}

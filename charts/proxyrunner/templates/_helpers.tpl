@@ -73,7 +73,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{/* What the pod template's content depends on beyond the RunConfig: the Secret and
 ConfigMap references and the policies, so that changing them rolls the pods. */}}
 {{- define "proxyrunner.identityChecksum" -}}
-{{- $refs := dict "oidc" (pick .Values.oidc "clientSecret" "caCert") "backendAuth" .Values.backendAuth "tokenExchange" (pick .Values.tokenExchange "clientSecret") "authz" (pick .Values.authz "existingConfigMap" "key") -}}
+{{- $refs := dict "oidc" (pick .Values.oidc "clientSecret" "caCert") "backendAuth" .Values.backendAuth "tokenExchange" (pick .Values.tokenExchange "clientSecret") "authz" (pick .Values.authz "existingConfigMap" "key") "telemetry" (pick .Values.telemetry "headersSecret") -}}
 {{- if and .Values.authz.enabled (not .Values.authz.existingConfigMap) -}}
 {{- $_ := set $refs "policies" (include "proxyrunner.authzDocument" .) -}}
 {{- end -}}
@@ -124,7 +124,34 @@ fields. */}}
 {{- include "proxyrunner.copySet" (list . $ac (list (list "component" "component") (list "eventTypes" "event_types") (list "excludeEventTypes" "exclude_event_types") (list "includeRequestData" "include_request_data") (list "includeResponseData" "include_response_data") (list "maxDataSize" "max_data_size") (list "logFile" "log_file"))) -}}
 {{- $_ := set $rc "audit_config" $ac -}}
 {{- end -}}{{- end -}}
+{{- if .Values.telemetry.enabled -}}
+{{- $_ := set $rc "telemetry_config" (include "proxyrunner.telemetryConfig" . | fromJson) -}}
+{{- end -}}
 {{- $rc | toPrettyJson -}}
+{{- end }}
+
+{{/* The variable the OTLP headers come in, from telemetry.headersSecret. */}}
+{{- define "proxyrunner.otlpHeadersEnv" -}}OTEL_EXPORTER_OTLP_HEADERS{{- end }}
+
+{{/* A key of telemetry_config as Go's encoding/json matches it: any case, and our
+snake_case spelling (sampling_rate is samplingRate). */}}
+{{- define "proxyrunner.goKey" -}}{{- . | replace "_" "" | lower -}}{{- end }}
+
+{{/* telemetry_config from the telemetry values (never headers: they come from
+telemetry.headersSecret), with runConfig.telemetry_config laid over it key by key. */}}
+{{- define "proxyrunner.telemetryConfig" -}}
+{{- $t := .Values.telemetry -}}
+{{- $tc := dict "endpoint" $t.endpoint "tracingEnabled" $t.tracingEnabled "metricsEnabled" $t.metricsEnabled "samplingRate" (toString $t.samplingRate) "insecure" $t.insecure -}}
+{{- include "proxyrunner.copySet" (list $t $tc (list (list "serviceName" "serviceName") (list "serviceVersion" "serviceVersion") (list "metricExportInterval" "metricExportInterval") (list "maxQueueSize" "maxQueueSize") (list "customAttributes" "customAttributes") (list "environmentVariables" "environmentVariables"))) -}}
+{{- range $key, $value := .Values.runConfig.telemetry_config | default dict -}}
+{{- range $rendered := keys $tc -}}
+{{- if eq (include "proxyrunner.goKey" $rendered) (include "proxyrunner.goKey" $key) -}}
+{{- $_ := unset $tc $rendered -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set $tc $key $value -}}
+{{- end -}}
+{{- $tc | toJson -}}
 {{- end }}
 
 {{/* Rendering fails on settings that would break a rollout or leak a secret. */}}
@@ -148,6 +175,9 @@ fields. */}}
 {{- if and .Values.authz.enabled (hasKey .Values.runConfig "authz_config") -}}
 {{- fail "runConfig.authz_config is set while authz.enabled renders authz_config_path; set the policies in one place" -}}
 {{- end -}}
+{{- with .Values.telemetry -}}{{- if and .enabled (not (or .tracingEnabled .metricsEnabled)) -}}
+{{- fail "telemetry.enabled needs telemetry.tracingEnabled or telemetry.metricsEnabled: with neither, nothing is exported" -}}
+{{- end -}}{{- end -}}
 {{- if and .Values.tokenExchange.enabled (not .Values.oidc.enabled) -}}
 {{- fail "tokenExchange.enabled needs oidc.enabled: the exchange trades the client's validated token" -}}
 {{- end -}}
