@@ -10,8 +10,6 @@ like any other request.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Sequence
 from typing import Any, Final, Protocol
 
@@ -23,15 +21,13 @@ from proxyrunner.mcp import jsonrpc
 from proxyrunner.proxy.errors import BackendClosedEarly, BackendMisbehaved
 from proxyrunner.proxy.events import EventReader, EventRewriter, Rewrite
 from proxyrunner.proxy.headers import client_response_headers
-from proxyrunner.proxy.heartbeat import Heartbeat, Heartbeats
+from proxyrunner.proxy.heartbeat import Heartbeat, Heartbeats, StreamClosing
 from proxyrunner.proxy.pipeline import AnswerWatcher, Exchange
 from proxyrunner.proxy.upstream import BackendResponse
 from proxyrunner.traffic import Traffic
 
 # JSON answers up to this size are relayed in one write; larger ones stream.
 BUFFERED_RESPONSE_LIMIT: Final = 1024 * 1024
-# How long a draining stream waits for a half-relayed event to complete.
-_EVENT_COMPLETION_GRACE: Final = 2.0
 
 
 class Relay:
@@ -92,8 +88,11 @@ class Relay:
                     )
                     if listening:
                         # A listen stream: the one kind drain ends early (with a retry hint).
-                        with self._traffic.listen_stream() as closing:
-                            await self._listen(content, response, watchers, reader, beat, closing)
+                        self._traffic.stream_begin(beat)
+                        try:
+                            await self._listen(content, response, watchers, reader, beat)
+                        finally:
+                            self._traffic.stream_end(beat)
                     else:
                         await _copy_events(content, response, watchers, reader, beat)
                 finally:
@@ -124,53 +123,31 @@ class Relay:
         watchers: Sequence[AnswerWatcher],
         reader: EventReader | None,
         beat: Heartbeat,
-        closing: asyncio.Future[None],
     ) -> None:
         """Copy an SSE body until the backend ends it, the client goes away, or the proxy
-        drains (``closing``: then finish the current event, send ``retry:`` and stop)."""
-        traffic = self._traffic
+        drains (``beat.closing``: then finish the current event, send ``retry:`` and
+        stop). The read is this task's own: drain and the heartbeat fail it to end the
+        stream (see ``heartbeat``)."""
         at_boundary = True
         while True:
-            read = asyncio.ensure_future(content.readany())
+            if beat.closing and at_boundary:
+                break
             beat.waiting = True
-            either: set[asyncio.Future[Any]] = {read, closing}
-            done, _ = await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-            beat.waiting = False
-            if read not in done:
+            try:
+                chunk = await content.readany()
+            except StreamClosing:
+                # At a boundary, or the grace for the rest of an event ran out.
                 if not at_boundary:
-                    at_boundary = await self._finish_event(content, downstream, read)
-                else:
-                    read.cancel()
-                if at_boundary:
-                    await downstream.write(f"retry: {traffic.retry_ms}\n\n".encode())
-                return
-            chunk = read.result()
+                    return
+                break
+            finally:
+                beat.waiting = False
             if not chunk:
                 return
             await downstream.write(chunk)
             _watch_events(watchers, reader, chunk)
             at_boundary = beat.at_boundary = _ends_event(chunk)
-
-    async def _finish_event(
-        self,
-        content: _Content,
-        downstream: web.StreamResponse,
-        read: asyncio.Future[bytes],
-    ) -> bool:
-        """Draining mid-event: let the half-sent event complete (briefly); True if the
-        stream then stands at an event boundary."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(_EVENT_COMPLETION_GRACE):
-                while True:
-                    chunk = await read
-                    if not chunk:
-                        return False
-                    await downstream.write(chunk)
-                    if _ends_event(chunk):
-                        return True
-                    read = asyncio.ensure_future(content.readany())
-        read.cancel()
-        return False
+        await downstream.write(f"retry: {self._traffic.retry_ms}\n\n".encode())
 
 
 async def _copy_events(
