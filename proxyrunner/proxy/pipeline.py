@@ -6,7 +6,9 @@ A **stage** is an object with a ``name`` and one of two methods:
   (a plain function: most stages only judge, and judging needs no coroutine);
 - ``async handle(exchange, call_next) -> web.StreamResponse``: wrap the rest of the
   pipeline. Code before and after ``await call_next(exchange)`` runs around the backend
-  call; returning without calling ``call_next`` answers the request here.
+  call; returning without calling ``call_next`` answers the request here. (A plain
+  function returning an awaitable will do too: one that returns ``call_next(exchange)``
+  itself adds no coroutine, which a listen stream would hold for its whole life.)
 
 Either may read ``exchange.request``, the body the body stage read once
 (``exchange.body``) and the JSON-RPC message parsed once (``exchange.message()``). To see
@@ -150,7 +152,7 @@ class CheckStage(Protocol):
 class WrapStage(Protocol):
     name: str
 
-    async def handle(self, exchange: Exchange, call_next: Next) -> web.StreamResponse: ...
+    def handle(self, exchange: Exchange, call_next: Next) -> Awaitable[web.StreamResponse]: ...
 
 
 Stage = CheckStage | WrapStage

@@ -67,12 +67,16 @@ class StreamableHTTP:
     async def _listen(self, exchange: Exchange) -> web.StreamResponse:
         """A listen stream, within the stream caps."""
         client_sid = exchange.session_id
-        with self._caps.slot(client_sid):
+        caps = self._caps
+        caps.take(client_sid)
+        try:
             if exchange.request.method == "POST":
                 return await self._post(exchange)
             if client_sid is None:
                 return await self._stateless(exchange)
             return await self._in_session(exchange, client_sid)
+        finally:
+            caps.give_back(client_sid)
 
     async def _post(self, exchange: Exchange) -> web.StreamResponse:
         client_sid = exchange.session_id
