@@ -23,7 +23,7 @@ from proxyrunner.proxy.events import EventReader, EventRewriter, Rewrite
 from proxyrunner.proxy.headers import client_response_headers
 from proxyrunner.proxy.heartbeat import Heartbeat, Heartbeats, StreamClosing
 from proxyrunner.proxy.pipeline import AnswerWatcher, Exchange
-from proxyrunner.proxy.upstream import BackendResponse
+from proxyrunner.proxy.upstream import BackendResponse, UpstreamResponse
 from proxyrunner.traffic import Traffic
 
 # JSON answers up to this size are relayed in one write; larger ones stream.
@@ -70,6 +70,8 @@ class Relay:
                 # Proxies in front (nginx) must not buffer it either.
                 headers["X-Accel-Buffering"] = "no"
             response = web.StreamResponse(status=upstream.status, headers=headers)
+            # The response copied them; a stream is held for hours, a second copy with it.
+            del headers
             await response.prepare(request)
             if prefix:
                 await response.write(prefix)
@@ -77,6 +79,10 @@ class Relay:
             content: _Content = upstream.content
             if rewrites and event_stream:
                 content = _RewrittenEvents(upstream, rewrites)
+            if isinstance(upstream, UpstreamResponse):
+                # Everything that reads the backend's headers has: from here on only the
+                # body is relayed, for as long as the stream lasts.
+                upstream.drop_head()
             if not event_stream:
                 while chunk := await content.readany():
                     await response.write(chunk)
