@@ -104,8 +104,10 @@ class Exchange:
         body, or None for a request without one."""
         self.rpc_method: str = _DEFAULT_LABELS.get(request.method, "unknown")
         """The JSON-RPC method as a bounded label (for metrics and logs)."""
-        self.watchers: list[AnswerWatcher] = []
-        self.rewrites: list[Rewrite] = []
+        # Tuples, the empty one shared: most requests (and every listen stream, held for
+        # hours) have neither.
+        self.watchers: tuple[AnswerWatcher, ...] = ()
+        self.rewrites: tuple[Rewrite, ...] = ()
         self.header_edit: HeaderEdit | None = None
         """Set by stages: what the backend's copy of the request headers drops and gets
         (the identity stage drops Authorization and sets outbound credentials)."""
@@ -131,12 +133,12 @@ class Exchange:
         return self._message
 
     def watch(self, watcher: AnswerWatcher) -> None:
-        self.watchers.append(watcher)
+        self.watchers += (watcher,)
 
     def rewrite(self, rewrite: Rewrite) -> None:
         """Pass every JSON-RPC message of the answer through ``rewrite`` before the client
         gets it (a JSON body is then read whole; SSE events are held until complete)."""
-        self.rewrites.append(rewrite)
+        self.rewrites += (rewrite,)
 
 
 @runtime_checkable
