@@ -4,11 +4,13 @@ One object holds it, so that readiness, the metrics and the drain read the same 
 the pipeline calls ``begin()`` and ``end()`` around every request it accepts (plain calls,
 not a context manager: this runs for every request), and a request that turns into a
 long-lived listen stream (``GET /mcp``, legacy ``GET /sse``, ``subscriptions/listen``)
-also runs inside ``traffic.listen_stream()``. Waiting is on events, never polling:
+is also registered, between ``stream_begin(stream)`` and ``stream_end(stream)`` (plain
+calls again: a stream is held for hours, and a context manager's generator would be
+held with it). Waiting is on events, never polling:
 
 - ``wait_work_done()`` returns once nothing but listen streams is left in flight;
 - ``close_streams(retry_ms)`` asks every listen stream to end at its next event boundary
-  with that reconnect hint;
+  with that reconnect hint (it calls the stream's ``close()``);
 - ``wait_idle()`` returns once nothing at all is in flight.
 
 Per session it also knows what is in flight (``hold``/``release``, by the pipeline for a
@@ -22,8 +24,13 @@ in ``cancelled``, which the ``drained`` log line reports.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from typing import Protocol
+
+
+class ListenStream(Protocol):
+    def close(self) -> None:
+        """End at the next event boundary, with ``Traffic.retry_ms`` as the hint."""
 
 
 class Traffic:
@@ -33,8 +40,8 @@ class Traffic:
         self._waiters = 0
         self._wakeup = asyncio.Event()
         self._closing = False
-        # One plain future per open listen stream (not a task), done on close_streams.
-        self._stream_closing: set[asyncio.Future[None]] = set()
+        # The open listen streams themselves: nothing per stream of the traffic's own.
+        self._open_streams: set[ListenStream] = set()
         self.draining = False
         """Set when the process stops taking new traffic: /readyz turns 503."""
         self.cancelled = 0
@@ -85,23 +92,19 @@ class Traffic:
         """Whether a request or stream of this session is in flight."""
         return session_id in self._held
 
-    @contextmanager
-    def listen_stream(self) -> Iterator[asyncio.Future[None]]:
-        """Within a ``request()``: the request is now a stream that drain may end early.
-        Yields the stream's own future, done once ``close_streams`` was called."""
-        closing: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if self._closing:
-            closing.set_result(None)
-        self._stream_closing.add(closing)
+    def stream_begin(self, stream: ListenStream) -> None:
+        """Within a request: the request is now a stream that drain may end early. Once
+        ``close_streams`` was called, ``stream.close()`` is called at once."""
+        self._open_streams.add(stream)
         self._streams += 1
-        try:
-            yield closing
-        finally:
-            self._stream_closing.discard(closing)
-            closing.cancel()
-            self._streams -= 1
-            if self._waiters:
-                self._wakeup.set()
+        if self._closing:
+            stream.close()
+
+    def stream_end(self, stream: ListenStream) -> None:
+        self._open_streams.discard(stream)
+        self._streams -= 1
+        if self._waiters:
+            self._wakeup.set()
 
     async def _wait_until(self, done: Callable[[], bool]) -> None:
         # Counters change on every request; only while someone waits do they wake it.
@@ -126,6 +129,5 @@ class Traffic:
         boundary with ``retry_ms`` as the reconnect hint."""
         self.retry_ms = retry_ms
         self._closing = True
-        for closing in self._stream_closing:
-            if not closing.done():
-                closing.set_result(None)
+        for stream in list(self._open_streams):
+            stream.close()

@@ -4,7 +4,6 @@ polling)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import pytest
 
@@ -23,8 +22,10 @@ async def test_work_is_done_when_only_listen_streams_remain() -> None:
 
     async def stream() -> None:
         traffic.begin()
-        with traffic.listen_stream():
-            await done.wait()
+        listening = _Stream()
+        traffic.stream_begin(listening)
+        await done.wait()
+        traffic.stream_end(listening)
         traffic.end()
 
     tasks = [asyncio.create_task(call()), asyncio.create_task(stream())]
@@ -47,18 +48,32 @@ async def test_work_is_done_when_only_listen_streams_remain() -> None:
     assert (traffic.inflight, traffic.streams) == (0, 0)
 
 
-async def test_closing_streams_wakes_every_stream_waiting_for_it() -> None:
+class _Stream:
+    def __init__(self) -> None:
+        self.closed = 0
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def test_closing_streams_closes_every_open_stream_and_every_later_one() -> None:
     traffic = Traffic()
-    with contextlib.ExitStack() as streams:
-        closing = [streams.enter_context(traffic.listen_stream()) for _ in range(3)]
-        assert not any(future.done() for future in closing)
-        traffic.close_streams(retry_ms=250)
-        async with asyncio.timeout(2):
-            await asyncio.gather(*closing)
-        assert traffic.retry_ms == 250
-        # A stream opened after the request to close sees it at once.
-        with traffic.listen_stream() as late:
-            assert late.done()
+    streams = [_Stream() for _ in range(3)]
+    for stream in streams:
+        traffic.stream_begin(stream)
+    ended = streams.pop()
+    traffic.stream_end(ended)
+    assert traffic.streams == 2
+    traffic.close_streams(retry_ms=250)
+    assert [stream.closed for stream in streams] == [1, 1]
+    assert ended.closed == 0
+    assert traffic.retry_ms == 250
+    # A stream opened after the request to close is closed at once.
+    late = _Stream()
+    traffic.stream_begin(late)
+    assert late.closed == 1
+    for stream in [*streams, late]:
+        traffic.stream_end(stream)
     assert traffic.streams == 0
 
 

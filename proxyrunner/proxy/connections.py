@@ -49,6 +49,10 @@ class ConnectionGuard:
 
 
 class _GuardedHandler(RequestHandler):
+    # RequestHandler has slots: without these a dict per connection (held for as long as
+    # the connection, for hours by a listen stream).
+    __slots__ = ("_counted", "_guard", "_head_timer")
+
     def __init__(self, manager: web.Server, *, guard: ConnectionGuard, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._guard = guard

@@ -1,4 +1,5 @@
-"""Keep-alive comments on relayed event streams, and noticing a client that went away.
+"""Keep-alive comments on relayed event streams, noticing a client that went away, and
+ending a listen stream on drain.
 
 An SSE answer or listen stream can be quiet for minutes: load balancers with an idle
 timeout cut it, and a client that went away was only noticed when the backend next wrote
@@ -9,6 +10,12 @@ stream that stands between two events waiting on the backend. So a stream quiet 
 interval gets a comment within the next one. A write that fails means the client is
 gone: the backend side is ended at once by failing the relay's pending read, so both
 sides close within one interval.
+
+Drain (``Traffic.close_streams`` calls ``Heartbeat.close``) ends a listen stream the same
+way: the relay reads in its own task, with no second task or wait to interrupt it (a task
+per wait of every open stream was ~1.5 KB a stream), so a stream standing at an event
+boundary gets its pending read failed with ``StreamClosing``; one in the middle of an
+event is let finish it, for ``EVENT_COMPLETION_GRACE`` at most.
 """
 
 from __future__ import annotations
@@ -21,10 +28,17 @@ import aiohttp
 from aiohttp import StreamReader, web
 
 KEEPALIVE: Final = b": keep-alive\n\n"
+# How long a draining stream waits for a half-relayed event to complete.
+EVENT_COMPLETION_GRACE: Final = 2.0
 
 
 class ClientGone(ConnectionResetError):
     """Set on the backend stream when the client of its relay went away."""
+
+
+class StreamClosing(Exception):
+    """Set on the backend stream of a listen stream that drain ends (at an event boundary,
+    or after the grace for the event it was relaying)."""
 
 
 class Heartbeats:
@@ -55,7 +69,16 @@ class Heartbeats:
 
 
 class Heartbeat:
-    __slots__ = ("_backend", "_beats", "_downstream", "_sending", "at_boundary", "waiting")
+    __slots__ = (
+        "_backend",
+        "_beats",
+        "_downstream",
+        "_grace",
+        "_sending",
+        "at_boundary",
+        "closing",
+        "waiting",
+    )
 
     def __init__(
         self, beats: Heartbeats, downstream: web.StreamResponse, backend: StreamReader
@@ -69,6 +92,9 @@ class Heartbeat:
         self.waiting = False
         """The relay is waiting on the backend, not writing: a comment cannot split a
         write of its own."""
+        self.closing = False
+        """Drain asked the stream to end at its next event boundary."""
+        self._grace: asyncio.TimerHandle | None = None
 
     def due(self) -> None:
         if self.waiting and self.at_boundary and self._sending is None:
@@ -84,9 +110,27 @@ class Heartbeat:
         finally:
             self._sending = None
 
+    def close(self) -> None:
+        """Drain: the relay ends the stream at its next event boundary, with a retry hint
+        (``ListenStream.close``)."""
+        if self.closing:
+            return
+        self.closing = True
+        if self.waiting and self.at_boundary:
+            self._backend.set_exception(StreamClosing())
+        else:
+            # Mid-event, or writing (the relay checks ``closing`` before its next read):
+            # the rest of the event may come, within the grace.
+            self._grace = asyncio.get_running_loop().call_later(
+                EVENT_COMPLETION_GRACE, self._backend.set_exception, StreamClosing()
+            )
+
     async def stop(self) -> None:
         """Before the relay finishes the response: no comment may follow its end."""
         self._beats._forget(self)
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
         sending = self._sending
         if sending is not None:
             sending.cancel()

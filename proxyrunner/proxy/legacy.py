@@ -77,8 +77,11 @@ class LegacySSE:
 
     async def handle(self, exchange: Exchange) -> web.StreamResponse:
         if exchange.request.method == "GET":
-            with self._caps.slot(None):  # the stream creates its session: no per-session cap
+            self._caps.take(None)  # the stream creates its session: no per-session cap
+            try:
                 return await self.stream(exchange)
+            finally:
+                self._caps.give_back(None)
         return await self.message(exchange)
 
     async def stream(self, exchange: Exchange) -> web.StreamResponse:

@@ -6,7 +6,9 @@ A **stage** is an object with a ``name`` and one of two methods:
   (a plain function: most stages only judge, and judging needs no coroutine);
 - ``async handle(exchange, call_next) -> web.StreamResponse``: wrap the rest of the
   pipeline. Code before and after ``await call_next(exchange)`` runs around the backend
-  call; returning without calling ``call_next`` answers the request here.
+  call; returning without calling ``call_next`` answers the request here. (A plain
+  function returning an awaitable will do too: one that returns ``call_next(exchange)``
+  itself adds no coroutine, which a listen stream would hold for its whole life.)
 
 Either may read ``exchange.request``, the body the body stage read once
 (``exchange.body``) and the JSON-RPC message parsed once (``exchange.message()``). To see
@@ -109,8 +111,10 @@ class Exchange:
         body, or None for a request without one."""
         self.rpc_method: str = _DEFAULT_LABELS.get(request.method, "unknown")
         """The JSON-RPC method as a bounded label (for metrics and logs)."""
-        self.watchers: list[AnswerWatcher] = []
-        self.rewrites: list[Rewrite] = []
+        # Tuples, the empty one shared: most requests (and every listen stream, held for
+        # hours) have neither.
+        self.watchers: tuple[AnswerWatcher, ...] = ()
+        self.rewrites: tuple[Rewrite, ...] = ()
         self.header_edit: HeaderEdit | None = None
         """Set by stages: what the backend's copy of the request headers drops and gets
         (the identity stage drops Authorization and sets outbound credentials)."""
@@ -136,12 +140,12 @@ class Exchange:
         return self._message
 
     def watch(self, watcher: AnswerWatcher) -> None:
-        self.watchers.append(watcher)
+        self.watchers += (watcher,)
 
     def rewrite(self, rewrite: Rewrite) -> None:
         """Pass every JSON-RPC message of the answer through ``rewrite`` before the client
         gets it (a JSON body is then read whole; SSE events are held until complete)."""
-        self.rewrites.append(rewrite)
+        self.rewrites += (rewrite,)
 
 
 @runtime_checkable
@@ -157,7 +161,7 @@ class CheckStage(Protocol):
 class WrapStage(Protocol):
     name: str
 
-    async def handle(self, exchange: Exchange, call_next: Next) -> web.StreamResponse: ...
+    def handle(self, exchange: Exchange, call_next: Next) -> Awaitable[web.StreamResponse]: ...
 
 
 Stage = CheckStage | WrapStage

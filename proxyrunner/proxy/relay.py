@@ -10,8 +10,6 @@ like any other request.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Sequence
 from typing import Any, Final, Protocol
 
@@ -23,15 +21,13 @@ from proxyrunner.mcp import jsonrpc
 from proxyrunner.proxy.errors import BackendClosedEarly, BackendMisbehaved
 from proxyrunner.proxy.events import EventReader, EventRewriter, Rewrite
 from proxyrunner.proxy.headers import client_response_headers
-from proxyrunner.proxy.heartbeat import Heartbeat, Heartbeats
+from proxyrunner.proxy.heartbeat import Heartbeat, Heartbeats, StreamClosing
 from proxyrunner.proxy.pipeline import AnswerWatcher, Exchange
-from proxyrunner.proxy.upstream import BackendResponse
+from proxyrunner.proxy.upstream import BackendResponse, UpstreamResponse
 from proxyrunner.traffic import Traffic
 
 # JSON answers up to this size are relayed in one write; larger ones stream.
 BUFFERED_RESPONSE_LIMIT: Final = 1024 * 1024
-# How long a draining stream waits for a half-relayed event to complete.
-_EVENT_COMPLETION_GRACE: Final = 2.0
 
 
 class Relay:
@@ -74,6 +70,8 @@ class Relay:
                 # Proxies in front (nginx) must not buffer it either.
                 headers["X-Accel-Buffering"] = "no"
             response = web.StreamResponse(status=upstream.status, headers=headers)
+            # The response copied them; a stream is held for hours, a second copy with it.
+            del headers
             await response.prepare(request)
             if prefix:
                 await response.write(prefix)
@@ -81,6 +79,10 @@ class Relay:
             content: _Content = upstream.content
             if rewrites and event_stream:
                 content = _RewrittenEvents(upstream, rewrites)
+            if isinstance(upstream, UpstreamResponse):
+                # Everything that reads the backend's headers has: from here on only the
+                # body is relayed, for as long as the stream lasts.
+                upstream.drop_head()
             if not event_stream:
                 while chunk := await content.readany():
                     await response.write(chunk)
@@ -92,8 +94,31 @@ class Relay:
                     )
                     if listening:
                         # A listen stream: the one kind drain ends early (with a retry hint).
-                        with self._traffic.listen_stream() as closing:
-                            await self._listen(content, response, watchers, reader, beat, closing)
+                        # Its loop is here, not in a coroutine of its own: a frame less
+                        # (~270 B) held for as long as the stream lasts.
+                        traffic = self._traffic
+                        traffic.stream_begin(beat)
+                        try:
+                            at_boundary = True
+                            while not (beat.closing and at_boundary):
+                                # The read is this task's own: drain and the heartbeat fail
+                                # it to end the stream (see ``heartbeat``).
+                                beat.waiting = True
+                                try:
+                                    chunk = await content.readany()
+                                except StreamClosing:
+                                    break  # at a boundary, or the event's grace ran out
+                                finally:
+                                    beat.waiting = False
+                                if not chunk:
+                                    break
+                                await response.write(chunk)
+                                _watch_events(watchers, reader, chunk)
+                                at_boundary = beat.at_boundary = _ends_event(chunk)
+                            if beat.closing and at_boundary:
+                                await response.write(f"retry: {traffic.retry_ms}\n\n".encode())
+                        finally:
+                            traffic.stream_end(beat)
                     else:
                         await _copy_events(content, response, watchers, reader, beat)
                 finally:
@@ -116,61 +141,6 @@ class Relay:
             if watchers:
                 for watcher in watchers:
                     watcher.on_end(error)
-
-    async def _listen(
-        self,
-        content: _Content,
-        downstream: web.StreamResponse,
-        watchers: Sequence[AnswerWatcher],
-        reader: EventReader | None,
-        beat: Heartbeat,
-        closing: asyncio.Future[None],
-    ) -> None:
-        """Copy an SSE body until the backend ends it, the client goes away, or the proxy
-        drains (``closing``: then finish the current event, send ``retry:`` and stop)."""
-        traffic = self._traffic
-        at_boundary = True
-        while True:
-            read = asyncio.ensure_future(content.readany())
-            beat.waiting = True
-            either: set[asyncio.Future[Any]] = {read, closing}
-            done, _ = await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-            beat.waiting = False
-            if read not in done:
-                if not at_boundary:
-                    at_boundary = await self._finish_event(content, downstream, read)
-                else:
-                    read.cancel()
-                if at_boundary:
-                    await downstream.write(f"retry: {traffic.retry_ms}\n\n".encode())
-                return
-            chunk = read.result()
-            if not chunk:
-                return
-            await downstream.write(chunk)
-            _watch_events(watchers, reader, chunk)
-            at_boundary = beat.at_boundary = _ends_event(chunk)
-
-    async def _finish_event(
-        self,
-        content: _Content,
-        downstream: web.StreamResponse,
-        read: asyncio.Future[bytes],
-    ) -> bool:
-        """Draining mid-event: let the half-sent event complete (briefly); True if the
-        stream then stands at an event boundary."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(_EVENT_COMPLETION_GRACE):
-                while True:
-                    chunk = await read
-                    if not chunk:
-                        return False
-                    await downstream.write(chunk)
-                    if _ends_event(chunk):
-                        return True
-                    read = asyncio.ensure_future(content.readany())
-        read.cancel()
-        return False
 
 
 async def _copy_events(

@@ -9,9 +9,6 @@ ends, however it ends.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 from proxyrunner.config import LimitsConfig
 from proxyrunner.mcp import jsonrpc
 from proxyrunner.metrics import Metrics
@@ -35,10 +32,10 @@ class StreamCaps:
         self._open = 0
         self._by_session: dict[str, int] = {}
 
-    @contextmanager
-    def slot(self, session_id: str | None) -> Iterator[None]:
-        """Within: the stream counts against both caps. Raises (before anything is
-        opened) when either is reached."""
+    def take(self, session_id: str | None) -> None:
+        """The stream now counts against both caps; ``give_back`` when it ends. Raises
+        (before anything is opened) when either is reached. Plain calls, not a context
+        manager: its generator would be held for the stream's whole life."""
         if self._open >= self._max:
             self._refused.labels(limit="replica").inc()
             raise ServiceUnavailable("this replica holds all the listen streams it may")
@@ -52,13 +49,11 @@ class StreamCaps:
         self._open += 1
         if session_id is not None:
             by_session[session_id] = held + 1
-        try:
-            yield
-        finally:
-            self._open -= 1
-            if session_id is not None:
-                left = by_session[session_id] - 1
-                if left:
-                    by_session[session_id] = left
-                else:
-                    del by_session[session_id]
+
+    def give_back(self, session_id: str | None) -> None:
+        self._open -= 1
+        if session_id is not None:
+            by_session = self._by_session
+            left = by_session.pop(session_id) - 1
+            if left:
+                by_session[session_id] = left

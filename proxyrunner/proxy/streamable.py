@@ -39,6 +39,7 @@ from proxyrunner.proxy.rebind import Rebinder
 from proxyrunner.proxy.relay import Relay
 from proxyrunner.proxy.routing import Router
 from proxyrunner.proxy.stream_caps import StreamCaps
+from proxyrunner.proxy.upstream import BackendResponse
 from proxyrunner.sessions.record import SessionRecord, new_session_id
 from proxyrunner.telemetry import context as trace_context
 from proxyrunner.telemetry import semconv
@@ -67,12 +68,20 @@ class StreamableHTTP:
     async def _listen(self, exchange: Exchange) -> web.StreamResponse:
         """A listen stream, within the stream caps."""
         client_sid = exchange.session_id
-        with self._caps.slot(client_sid):
+        caps = self._caps
+        caps.take(client_sid)
+        try:
             if exchange.request.method == "POST":
                 return await self._post(exchange)
+            # The relay is awaited from this frame, not from one more (_in_session's):
+            # whatever awaits it is held for the stream's whole life.
             if client_sid is None:
-                return await self._stateless(exchange)
-            return await self._in_session(exchange, client_sid)
+                upstream = await self._p.forwarder.forward(exchange, self._router.pick_stateless())
+            else:
+                upstream = await self._send_in_session(exchange, client_sid)
+            return await self._relay.answer(exchange, upstream, client_sid)
+        finally:
+            caps.give_back(client_sid)
 
     async def _post(self, exchange: Exchange) -> web.StreamResponse:
         client_sid = exchange.session_id
@@ -175,6 +184,11 @@ class StreamableHTTP:
         return await self._relay.answer(exchange, upstream, None)
 
     async def _in_session(self, exchange: Exchange, client_sid: str) -> web.StreamResponse:
+        upstream = await self._send_in_session(exchange, client_sid)
+        return await self._relay.answer(exchange, upstream, client_sid)
+
+    async def _send_in_session(self, exchange: Exchange, client_sid: str) -> BackendResponse:
+        """The request of a known session sent to its backend: the response headers."""
         record = await self._ownership.record_of(exchange, client_sid)
         backend = self._router.backend_of(record)
         if backend is None:
@@ -186,7 +200,7 @@ class StreamableHTTP:
             upstream.release()
             record, backend = await self._rebind(exchange, record, "backend lost the session")
             upstream = await self._p.forwarder.forward(exchange, backend, record.backend_session_id)
-        return await self._relay.answer(exchange, upstream, client_sid)
+        return upstream
 
     async def _rebind(
         self, exchange: Exchange, record: SessionRecord, reason: str

@@ -42,7 +42,7 @@ import aiohttp
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import StreamReader
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy
 
 # The ClientSession path's limits, so that both paths accept the same responses.
 _MAX_LINE_SIZE: Final = 8190
@@ -52,6 +52,7 @@ _READ_BUFSIZE: Final = 2**16
 _MAX_IDLE_PER_HOST: Final = 256
 
 HostKey = tuple[str, int]
+_NO_HEADERS: Final = CIMultiDictProxy(CIMultiDict[str]())
 
 
 class BackendResponse(Protocol):
@@ -160,6 +161,11 @@ class UpstreamResponse:
             body = await content.read()
         self.release()
         return body
+
+    def drop_head(self) -> None:
+        """Forget the parsed headers once nothing reads them: a relayed stream then holds
+        its body reader, not a multidict of ~1 KB, for its whole life."""
+        self.headers = _NO_HEADERS
 
     def release(self) -> None:
         conn, self._conn = self._conn, None

@@ -12,7 +12,7 @@ forwarder). A body shorter than its Content-Length is a 400.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 import aiohttp
@@ -35,10 +35,15 @@ class BodyLimits:
         self._timeout = timeout
         self._on_timeout = on_timeout
 
-    async def handle(self, exchange: Exchange, call_next: Next) -> web.StreamResponse:
+    def handle(self, exchange: Exchange, call_next: Next) -> Awaitable[web.StreamResponse]:
+        # A plain function: a GET (a listen stream, held for hours) passes with no
+        # coroutine of this stage held along.
+        if exchange.request.method != "POST":
+            return call_next(exchange)
+        return self._post(exchange, call_next)
+
+    async def _post(self, exchange: Exchange, call_next: Next) -> web.StreamResponse:
         request = exchange.request
-        if request.method != "POST":
-            return await call_next(exchange)
         length = request.content_length
         if length is not None and length > self._max:
             raise BodyTooLarge.over(self._max)
