@@ -73,7 +73,9 @@ class Telemetry:
         self.instruments: Instruments | None = None
         """None when metrics are off."""
         if config.tracing_enabled:
-            traces = OtlpHttp(config.traces_url, config.headers, _EXPORT_TIMEOUT, user_agent)
+            traces = OtlpHttp(
+                config.traces_url, config.signal_headers("traces"), _EXPORT_TIMEOUT, user_agent
+            )
             self._posters.append(traces)
 
             def export(batch: Sequence[bytes]) -> bool:
@@ -88,7 +90,9 @@ class Telemetry:
             )
             self.sink = self._processor.on_end
         if config.metrics_enabled:
-            metrics = OtlpHttp(config.metrics_url, config.headers, _EXPORT_TIMEOUT, user_agent)
+            metrics = OtlpHttp(
+                config.metrics_url, config.signal_headers("metrics"), _EXPORT_TIMEOUT, user_agent
+            )
             self._posters.append(metrics)
             self.instruments = Instruments(
                 server_duration=Histogram(
