@@ -5,8 +5,9 @@
   never built it, failed instead when ``PROXYRUNNER_REQUIRE_KUBE=1`` (scripts/test sets
   it whenever Go is present, so there the tier must run). A test that kills it should
   ``restart()`` it before it ends.
-- ``start_traced_backend(service_name="traced-backend")``: the streamable-HTTP traced
-  server (tests/traced_server.py) exporting to ``trace_backend``, ready; killed at teardown.
+- ``start_traced_backend(service_name="traced-backend", transport="streamable-http")``:
+  the traced server (tests/traced_server.py; ``transport="sse"``: the legacy HTTP+SSE
+  one) exporting to ``trace_backend``, ready; killed at teardown.
 
 Tests use them once conftest.py imports them.
 """
@@ -44,8 +45,10 @@ def start_traced_backend(
 ) -> Iterator[StartTracedBackend]:
     started: list[TracedBackend] = []
 
-    def start(service_name: str = "traced-backend") -> TracedBackend:
-        backend = TracedBackend(tmp_path, trace_backend.otlp_http_endpoint, service_name)
+    def start(
+        service_name: str = "traced-backend", transport: str = "streamable-http"
+    ) -> TracedBackend:
+        backend = TracedBackend(tmp_path, trace_backend.otlp_http_endpoint, service_name, transport)
         started.append(backend)
         return backend.wait_ready()
 

@@ -3,8 +3,9 @@
 Every JSON-RPC request it handles gets a SERVER span, exported over OTLP/HTTP with a
 SimpleSpanProcessor (one export per span, at once: nothing for a test to wait out). The
 span's parent is the W3C trace context the request carried: the ``traceparent``,
-``tracestate`` and ``baggage`` HTTP headers in streamable-HTTP mode, the same keys of
-``params._meta`` in stdio mode (stdio has no headers). Spans are named after the method
+``tracestate`` and ``baggage`` HTTP headers in the HTTP modes (streamable HTTP; legacy
+HTTP+SSE, on its message POSTs), the same keys of ``params._meta`` in stdio mode (stdio
+has no headers). Spans are named after the method
 (``tools/call whoami_trace`` for a tool call) and carry ``mcp.method.name``,
 ``jsonrpc.request.id`` and, for tool calls, ``gen_ai.tool.name``.
 
@@ -14,6 +15,7 @@ propagation directly; ``echo`` returns its text.
 
     python -m tests.traced_server --transport streamable-http --port N \\
         --otlp-endpoint http://127.0.0.1:P --service-name traced-backend
+    python -m tests.traced_server --transport sse --port N ...   (GET /sse, POST /messages/)
     python -m tests.traced_server --transport stdio --otlp-endpoint ... --service-name ...
 
 ``--otlp-endpoint`` defaults to ``$OTEL_EXPORTER_OTLP_ENDPOINT``; ``TracedBackend``
@@ -38,14 +40,22 @@ _CONTEXT_KEYS = ("traceparent", "tracestate", "baggage")
 
 
 class TracedBackend(Proc):
-    """The streamable-HTTP traced server on a free port, exporting to ``otlp_endpoint``."""
+    """The traced server on a free port (streamable HTTP, or the legacy HTTP+SSE
+    transport with ``transport="sse"``), exporting to ``otlp_endpoint``."""
 
-    def __init__(self, tmp: Path, otlp_endpoint: str, service_name: str = "traced-backend") -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        otlp_endpoint: str,
+        service_name: str = "traced-backend",
+        transport: str = "streamable-http",
+    ) -> None:
         self.service_name = service_name
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/mcp"
+        path = "/sse" if transport == "sse" else "/mcp"
+        self.url = f"http://127.0.0.1:{self.port}{path}"
         super().__init__(
-            stdio_command(otlp_endpoint, service_name, "streamable-http", self.port),
+            stdio_command(otlp_endpoint, service_name, transport, self.port),
             tmp / f"traced-{service_name}-{self.port}.log",
             {},
         )
@@ -249,7 +259,7 @@ async def _run_stdio(server: Any, tracing: _Tracing) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.traced_server")
-    parser.add_argument("--transport", choices=["streamable-http", "stdio"], default="stdio")
+    parser.add_argument("--transport", choices=["streamable-http", "sse", "stdio"], default="stdio")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--otlp-endpoint", default=os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
     parser.add_argument("--service-name", default="traced-backend")
@@ -266,7 +276,8 @@ def main(argv: list[str] | None = None) -> None:
         else:
             import uvicorn
 
-            app = _http_middleware(server.streamable_http_app(), tracing)
+            inner = server.sse_app() if args.transport == "sse" else server.streamable_http_app()
+            app = _http_middleware(inner, tracing)
             uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
     finally:
         tracing.provider.shutdown()

@@ -19,6 +19,7 @@ from yarl import URL
 
 from proxyrunner.errors import StoreFull, StoreUnavailable
 from proxyrunner.mcp.revisions import LEGACY_SSE_REVISION
+from proxyrunner.principal import short_hash
 from proxyrunner.proxy.errors import (
     BackendMisbehaved,
     InvalidRequest,
@@ -34,6 +35,8 @@ from proxyrunner.proxy.routing import Router
 from proxyrunner.proxy.stream_caps import StreamCaps
 from proxyrunner.proxy.upstream import BackendResponse
 from proxyrunner.sessions.record import SessionRecord, new_session_id
+from proxyrunner.telemetry import context as trace_context
+from proxyrunner.telemetry import semconv
 
 # The endpoint event comes first and is short; a backend that sends more before it is
 # not a legacy MCP server.
@@ -155,13 +158,20 @@ class LegacySSE:
         backend = self._router.backend_of(record)
         if backend is None:
             raise SessionNotFound
+        # The message names its session in the query, not in a header the telemetry
+        # stage reads: its span learns the session and revision here.
+        trace_context.annotate(semconv.SESSION, short_hash(record.session_id))
+        if record.protocol_version:
+            trace_context.annotate(semconv.PROTOCOL_VERSION, record.protocol_version)
+        url = backend.url.join(URL(record.backend_session_id))
+        headers = parts.forwarder.headers_for(exchange, None, (backend.name, url))
+        # After: a traced request's body gets the proxy's context in its _meta.
         body = exchange.body
         assert body is None or isinstance(body, bytes), "legacy messages are read whole"
-        url = backend.url.join(URL(record.backend_session_id))
         answer = await parts.forwarder.fetch(
             "POST",
             url,
-            parts.forwarder.headers_for(exchange, None, (backend.name, url)),
+            headers,
             body,
             backend=backend.name,
             exchange=exchange,

@@ -9,9 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import secrets
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -27,59 +25,9 @@ from tests.redis_server import RedisServer
 from tests.trace_backend import Span, TraceBackend
 from tests.trace_fixtures import StartTracedBackend
 from tests.traced_server import stdio_command
-
-
-def new_context() -> tuple[str, str, str]:
-    trace_id, span_id = secrets.token_hex(16), secrets.token_hex(8)
-    return trace_id, span_id, f"00-{trace_id}-{span_id}-01"
-
-
-def telemetry(trace_backend: TraceBackend, **extra: Any) -> dict[str, Any]:
-    return {
-        "endpoint": trace_backend.otlp_http_endpoint,
-        "serviceName": "proxyrunner-under-test",
-        "tracingEnabled": True,
-        "metricsEnabled": True,
-        "samplingRate": "0",
-        "insecure": True,
-        "metricExportInterval": "1s",
-        **extra,
-    }
-
-
-def chain(spans: list[Span], parent: str, tool: str) -> tuple[Span, Span, Span]:
-    """The proxy's server span (child of ``parent``), its client span, and the backend's
-    span under that: the three links a trace through the proxy must have."""
-    name = f"tools/call {tool}"
-    server = next(
-        s
-        for s in spans
-        if s.service == "proxyrunner-under-test" and s.kind == "server" and s.name == name
-    )
-    assert server.parent_span_id == parent
-    client = next(s for s in spans if s.kind == "client" and s.parent_span_id == server.span_id)
-    backend = next(
-        s
-        for s in spans
-        if s.kind == "server" and s.service != "proxyrunner-under-test" and s.name == name
-    )
-    return server, client, backend
-
-
-def has_backend_span(name: str) -> Any:
-    """Both sides of a call arrived: the backend's span and the proxy's (the proxy
-    exports in batches, so its spans may come a moment after the backend's)."""
-
-    def holds(spans: list[Span]) -> bool:
-        ours = [s for s in spans if s.service == "proxyrunner-under-test" and s.name == name]
-        theirs = [s for s in spans if s.service != "proxyrunner-under-test" and s.name == name]
-        return bool(ours) and bool(theirs) and any(s.kind == "client" for s in spans)
-
-    return holds
-
+from tests.traces import WHOAMI, chain, new_context, telemetry
 
 REPO = Path(__file__).resolve().parents[2]
-WHOAMI = has_backend_span("tools/call whoami_trace")
 
 
 @pytest.fixture
