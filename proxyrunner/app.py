@@ -27,7 +27,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from proxyrunner import __version__
+from proxyrunner import __version__, heap
 from proxyrunner.backends.directory import BackendDirectory
 from proxyrunner.config import RunConfig, Secrets, describe
 from proxyrunner.errors import StartupError
@@ -218,6 +218,7 @@ class ProxyProcess:
             if not await self._until_stop(directory.start(), "backends"):
                 return self._exit_code()
             self.log.info("ready", backends=directory.describe(), store=store.health().reason)
+            heap.settle()
             await self.signals.stop_requested.wait()
             await self._drain(runner)
             return self._exit_code()

@@ -91,3 +91,14 @@ def test_an_id_key_inside_params_is_parsed_but_not_refused() -> None:
     body = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"id":{"a":[1.5]}}}'
     assert may_carry_odd_id(body)
     assert odd_id(parse_json(body)) is None
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16", "utf-16-le", "utf-16-be", "utf-32-le"])
+def test_a_json_body_parses_in_every_encoding_json_allows(encoding: str) -> None:
+    body = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"\u00e9cho"}}'
+    assert parse_json(body.encode(encoding))["params"]["name"] == "\u00e9cho"
+
+
+def test_a_body_that_is_not_utf_8_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="utf-8"):
+        parse_json(b'{"name":"\xff"}')

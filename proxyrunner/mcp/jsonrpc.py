@@ -86,6 +86,11 @@ _PEEK_LIMIT: Final = 1024
 _METHOD_RE: Final = re.compile(rb'"method"\s*:\s*"([^"\\]{1,64})"')
 
 
+# A JSON object's or array's first byte: UTF-8 unless the second byte is 0 (UTF-16-LE or
+# UTF-32-LE); the big-endian forms and a byte order mark start with another byte.
+_UTF8_STARTS: Final = (b"{", b"[")
+
+
 def parse_json(data: bytes | str) -> Any:
     """Decode a JSON document from a peer; ValueError for anything that is not one.
 
@@ -93,6 +98,10 @@ def parse_json(data: bytes | str) -> Any:
     kilobytes of ``[`` suffice): left uncaught, one such body would be a 500 and a
     traceback, or end a stdio server's reader loop.
     """
+    if type(data) is bytes and data[:1] in _UTF8_STARTS and data[1:2] != b"\x00":
+        # What json.loads would decide after a Python-level sniff for UTF-16 and UTF-32
+        # (whose second byte is 0 after an ASCII first): UTF-8, decoded as it would be.
+        data = data.decode("utf-8", "surrogatepass")
     try:
         return json.loads(data)
     except RecursionError as exc:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from typing import Final
+from typing import Any, Final, TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -97,7 +97,10 @@ class HeaderEdit:
             added.set, added.drop, added.drop_raw = items, names.lower, names.raw
         else:  # edit.set was checked when it was made
             added.set = (*edit.set, *items)
-            added.drop, added.drop_raw = names.lower | edit.drop, names.raw | edit.drop_raw
+            added.drop, added.drop_raw = (
+                _union(names.lower, edit.drop),
+                _union(names.raw, edit.drop_raw),
+            )
         return added
 
 
@@ -112,6 +115,23 @@ class HeaderNames:
 
 
 _LINE_BREAK: Final = re.compile(r"[\r\n\0]")
+# Unions of drop sets, which are nearly always the same few constants (the untrusted
+# client's set and the trace headers' names): a lookup per traced request instead of a
+# new set. Bounded, in case an edit is built per request.
+_Name = TypeVar("_Name", str, bytes)
+_UNIONS: dict[tuple[frozenset[Any], frozenset[Any]], frozenset[Any]] = {}
+_UNIONS_LIMIT: Final = 64
+
+
+def _union(first: frozenset[_Name], second: frozenset[_Name]) -> frozenset[_Name]:
+    key = (first, second)
+    union = _UNIONS.get(key)
+    if union is None:
+        union = first | second
+        if len(_UNIONS) >= _UNIONS_LIMIT:
+            _UNIONS.clear()
+        _UNIONS[key] = union
+    return union
 
 
 def _checked(headers: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
@@ -199,11 +219,11 @@ class ForwardedHeaders:
         a multidict and encoded again; those bytes were validated by the server's parser.
         """
         drop = self._drop_raw
-        if self._connection_tokens:
-            drop = drop | {token.lower().encode() for token in self._connection_tokens}
         edit = self._edit
         if edit is not None:
-            drop = drop | edit.drop_raw
+            drop = _union(drop, edit.drop_raw)
+        if self._connection_tokens:  # per request: not worth caching
+            drop = drop | {token.lower().encode() for token in self._connection_tokens}
         parts = [start]
         append = parts.append
         for raw_name, raw_value in self._request.raw_headers:

@@ -25,7 +25,7 @@ from tests.redis_server import RedisServer
 from tests.trace_backend import Span, TraceBackend
 from tests.trace_fixtures import StartTracedBackend
 from tests.traced_server import stdio_command
-from tests.traces import WHOAMI, chain, new_context, telemetry
+from tests.traces import PROXY_SERVICE, WHOAMI, chain, new_context, telemetry
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -68,6 +68,29 @@ async def test_a_client_trace_continues_through_the_proxy_into_the_backend(
     # The OTLP metrics of the same calls reach the collector's metrics pipeline.
     await trace_backend.wait_for_metric("mcp.server.operation.duration")
     await trace_backend.wait_for_metric("mcp.client.operation.duration")
+
+
+async def test_a_tool_result_that_reports_an_error_marks_the_span_and_a_success_does_not(
+    trace_backend: TraceBackend, traced_proxy: Proxy
+) -> None:
+    # The proxy parses an answer only when it may report a failure: a successful result
+    # says "isError": false and must not count as one, a failed one says true.
+    trace_id, _, traceparent = new_context()
+    http = create_mcp_http_client(headers={"traceparent": traceparent})
+    transport = streamable_http_client(traced_proxy.url, http_client=http)
+    async with http, Client(transport, mode="legacy") as client:
+        await client.call_tool("whoami_trace", {})
+        failed = await client.call_tool("no_such_tool", {})
+    assert failed.is_error
+
+    def both_served(spans: list[Span]) -> bool:
+        names = {s.name for s in spans if s.service == PROXY_SERVICE and s.kind == "server"}
+        return {"tools/call whoami_trace", "tools/call no_such_tool"} <= names
+
+    spans = await trace_backend.wait_for_spans(trace_id, both_served)
+    served = {s.name: s for s in spans if s.service == PROXY_SERVICE and s.kind == "server"}
+    assert served["tools/call no_such_tool"].attributes["error.type"] == "tool_error"
+    assert "error.type" not in served["tools/call whoami_trace"].attributes
 
 
 async def test_a_trace_context_in_params_meta_is_continued_when_no_header_carries_one(

@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 _TARGETED = frozenset(("tools/call", "prompts/get", "resources/read"))
 
 
-_ERROR: Final = re.compile(rb'"(?:error|isError)"')
+# A successful tool result says ``"isError": false``: only ``true`` is worth a parse.
+_ERROR: Final = re.compile(rb'"error"|"isError"\s*:\s*true')
 
 
 class _Answer:
