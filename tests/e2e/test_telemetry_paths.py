@@ -129,6 +129,7 @@ async def test_per_session_stdio_servers_each_trace_under_the_bridge_in_their_ow
     )
     contexts = [new_context(), new_context()]
     both_open = asyncio.Barrier(2)
+    both_counted = asyncio.Barrier(2)
 
     async def session(traceparent: str) -> dict[str, Any]:
         http = create_mcp_http_client(headers={"traceparent": traceparent})
@@ -137,6 +138,9 @@ async def test_per_session_stdio_servers_each_trace_under_the_bridge_in_their_ow
             await both_open.wait()  # two live sessions: two stdio processes
             seen: dict[str, Any] = json.loads(tool_text(await client.call_tool("whoami_trace", {})))
             await until_metric(proxy, "proxyrunner_stdio_children", at_least=2, at_most=2)
+            # Leaving ends this session's process (DELETE): a session whose call is
+            # still running would then count one.
+            await both_counted.wait()
             return seen
 
     seen = await asyncio.gather(*(session(traceparent) for _, _, traceparent in contexts))
