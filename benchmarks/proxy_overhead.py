@@ -38,6 +38,8 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
+from rounds import median_ratios, median_rows, per_round_ratios
+
 HERE = Path(__file__).resolve().parent
 LUA_SCRIPT = HERE / "mcp_call.lua"
 NAIVE_PROXY = HERE / "naive_proxy.py"
@@ -88,6 +90,9 @@ AS_METADATA_PATH = "/.well-known/oauth-authorization-server"
 OIDC_DISCOVERY_PATH = "/.well-known/openid-configuration"
 JWKS_PATH = "/jwks.json"
 JWT_RPS_TARGET = 0.85
+# Issue 11: tracing at 0% sampling within 2% of telemetry off, every request traced
+# within 25%. (OTLP metrics alone have no target: their ratio is printed bare.)
+TELEMETRY_TARGETS = {"trace0": 0.98, "trace100": 0.75}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -646,6 +651,8 @@ class Row:
     proxy_cpu_percent: float | None
     backend_cpu_us_per_req: float | None
     error_detail: dict[str, int] = field(default_factory=dict)
+    round: int = 0
+    """Which of the ``--rounds`` this is (1, 2, ...); 0 for a target measured once."""
 
 
 def measure(
@@ -807,12 +814,22 @@ def compute_ratios(rows: list[Row], connections: list[int]) -> dict[str, float]:
                 ratios[f"jwt/none[{store}] rps@{conns}"] = jwt.rps / none.rps
         if none_lo is not None and jwt_lo is not None:
             ratios[f"jwt-none[{store}] p50 added ms@{low}"] = jwt_lo.p50_ms - none_lo.p50_ms
+        for auth in AUTH_MODES:
+            for conns in (low, high):
+                off = by_key.get((proxyrunner_target(store, auth), conns))
+                for mode in [m for m in TELEMETRY_MODES if m != "off"]:
+                    on = by_key.get((proxyrunner_target(store, auth, mode), conns))
+                    if off is not None and on is not None and off.rps:
+                        ratios[f"{mode}/off[{store},{auth}] rps@{conns}"] = on.rps / off.rps
     return ratios
 
 
-def print_ratios(ratios: dict[str, float], high: int = 32) -> None:
+def print_ratios(
+    ratios: dict[str, float], high: int = 32, spreads: dict[str, tuple[float, float]] | None = None
+) -> None:
     if not ratios:
         return
+    spreads = spreads or {}
     print()
     width = max(len(k) for k in ratios)
     for key, value in ratios.items():
@@ -826,6 +843,12 @@ def print_ratios(ratios: dict[str, float], high: int = 32) -> None:
                 note = f"  (target >= {JWT_RPS_TARGET:.2f})" + (
                     "" if value >= JWT_RPS_TARGET else "  BELOW TARGET"
                 )
+            elif key.split("/")[0] in TELEMETRY_TARGETS and key.endswith(f"@{high}"):
+                target = TELEMETRY_TARGETS[key.split("/")[0]]
+                note = f"  (target >= {target:.2f})" + ("" if value >= target else "  BELOW TARGET")
+            if key in spreads:
+                low, top = spreads[key]
+                note = f"  [{low:.3f} .. {top:.3f}]" + note
             print(f"  {key:<{width}}  {value:.3f}{note}")
 
 
@@ -881,6 +904,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "on, 0%% sampled), trace100 (every request traced), metrics (OTLP metrics only); "
         "the exports go to a real Jaeger (scripts/trace-test-env) on the load core",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every proxyrunner variant this many times, interleaved (A B A B), and "
+        "report medians and each ratio's median and spread: for noisy machines",
+    )
     parser.add_argument("--proxyrunner", help="proxyrunner executable (default: the venv's)")
     parser.add_argument("--keep-tmp", action="store_true", help="keep configs and logs")
     parser.add_argument(
@@ -903,6 +933,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"--targets: unknown {sorted(unknown)}")
     if not 1 <= args.duration <= 600 or not 0 <= args.warmup <= 60:
         parser.error("--duration must be 1..600 and --warmup 0..60")
+    if not 1 <= args.rounds <= 50:
+        parser.error("--rounds must be 1..50")
     return args
 
 
@@ -958,7 +990,9 @@ def run(args: argparse.Namespace) -> int:
                 "served by nginx; a token signed here verifies against them"
             )
 
-        def bench(target: str, url: str, proxy: Managed | None, authorization: str = "") -> None:
+        def bench(
+            target: str, url: str, proxy: Managed | None, authorization: str = "", round_no: int = 0
+        ) -> None:
             # The first authenticated call fetches the keys: the load runs with them cached.
             how = ", Bearer JWT" if authorization else ""
             if args.revision == MODERN_REVISION:
@@ -983,6 +1017,7 @@ def run(args: argparse.Namespace) -> int:
                     backend=nginx,
                     authorization=authorization,
                 )
+                row.round = round_no
                 rows.append(row)
                 detail = f" errors={row.error_detail}" if row.errors else ""
                 print(
@@ -1030,8 +1065,17 @@ def run(args: argparse.Namespace) -> int:
             if cmd and any(TELEMETRY_MODES[m] is not None for m in telemetries):
                 collector = start_collector(workdir)
                 os.sched_setaffinity(collector.proc.pid, {LOAD_CORE})
-            runs = [(s, a, t) for s in stores for a in auths for t in telemetries]
-            for store, auth, mode in runs if cmd else []:
+            # Round by round, every variant once: A B A B, not A A B B (see rounds.py).
+            runs = [
+                (r, s, a, t)
+                for r in range(1, args.rounds + 1)
+                for s in stores
+                for a in auths
+                for t in telemetries
+            ]
+            for round_no, store, auth, mode in runs if cmd else []:
+                if args.rounds > 1 and (store, auth, mode) == runs[0][1:]:
+                    print(f"\n--- round {round_no} of {args.rounds}")
                 target = proxyrunner_target(store, auth, mode)
                 name = target.removeprefix("proxyrunner[").removesuffix("]").replace(",", "-")
                 port = free_port()
@@ -1079,7 +1123,13 @@ def run(args: argparse.Namespace) -> int:
                         runner,
                         READY_TIMEOUT_S,
                     )
-                    bench(target, f"{base}/mcp", runner, authorization)
+                    bench(
+                        target,
+                        f"{base}/mcp",
+                        runner,
+                        authorization,
+                        round_no if args.rounds > 1 else 0,
+                    )
                 except BenchError as err:
                     failed[target] = str(err).splitlines()[0].removeprefix(f"{target}: ")
                     print(f"\n[{target}] FAILED: {err}")
@@ -1097,8 +1147,19 @@ def run(args: argparse.Namespace) -> int:
 
     print()
     print_table(rows)
-    ratios = compute_ratios(rows, args.connections)
-    print_ratios(ratios, 32 if 32 in args.connections else max(args.connections))
+    high = 32 if 32 in args.connections else max(args.connections)
+    spreads: dict[str, tuple[float, float]] = {}
+    if args.rounds > 1:
+        once = [r for r in rows if r.round == 0]
+        by_round = [[r for r in rows if r.round == n] for n in range(1, args.rounds + 1)]
+        print(f"\nmedian of {args.rounds} interleaved rounds:")
+        print_table(once + median_rows([r for r in rows if r.round]))
+        ratios, spreads = median_ratios(
+            per_round_ratios(once, by_round, lambda rs: compute_ratios(rs, args.connections))
+        )
+    else:
+        ratios = compute_ratios(rows, args.connections)
+    print_ratios(ratios, high, spreads)
     for target, why in skipped.items():
         print(f"  skipped {target}: {why}")
     for target, why in failed.items():
@@ -1113,6 +1174,8 @@ def run(args: argparse.Namespace) -> int:
         "environment": env_info | versions,
         "results": [asdict(r) for r in rows],
         "ratios": ratios,
+        "rounds": args.rounds,
+        "ratio_spreads": spreads,
         "skipped": skipped,
         "failed": failed,
     }
