@@ -38,7 +38,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
-from rounds import median_ratios, median_rows, per_round_ratios
+from rounds import median_ratios, median_rows
 
 HERE = Path(__file__).resolve().parent
 LUA_SCRIPT = HERE / "mcp_call.lua"
@@ -1154,8 +1154,9 @@ def run(args: argparse.Namespace) -> int:
         by_round = [[r for r in rows if r.round == n] for n in range(1, args.rounds + 1)]
         print(f"\nmedian of {args.rounds} interleaved rounds:")
         print_table(once + median_rows([r for r in rows if r.round]))
+        # Each round's proxyrunner rows beside the rows measured once (direct, naive).
         ratios, spreads = median_ratios(
-            per_round_ratios(once, by_round, lambda rs: compute_ratios(rs, args.connections))
+            [compute_ratios([*once, *rs], args.connections) for rs in by_round]
         )
     else:
         ratios = compute_ratios(rows, args.connections)

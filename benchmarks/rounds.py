@@ -10,7 +10,7 @@ can compare. The spread (lowest to highest) is printed beside it, so a noisy run
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import fields, replace
 from typing import Any, Protocol, TypeVar
 
@@ -24,8 +24,8 @@ R = TypeVar("R", bound=Measured)
 
 
 def median_rows(rows: Sequence[R]) -> list[R]:
-    """One row per (target, connections): each numeric figure the median of its rounds
-    (``None`` where every round had none), in the order the targets first ran."""
+    """One row per (target, connections), in the order the targets first ran: each
+    numeric figure the median of the rounds that have it (``None`` where none has)."""
     groups: dict[tuple[str, int], list[R]] = {}
     for row in rows:
         groups.setdefault((row.target, row.connections), []).append(row)
@@ -33,14 +33,27 @@ def median_rows(rows: Sequence[R]) -> list[R]:
     for group in groups.values():
         changes: dict[str, Any] = {}
         for f in fields(group[0]):  # type: ignore[arg-type]
-            values = [getattr(row, f.name) for row in group]
-            numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
-            if f.name in ("target", "connections") or len(numbers) != len(values):
+            if f.name in _NOT_FIGURES:
                 continue
-            median = statistics.median(numbers)
-            changes[f.name] = type(values[0])(median) if isinstance(values[0], int) else median
+            values = [getattr(row, f.name) for row in group]
+            if not all(v is None or _is_number(v) for v in values):
+                continue  # not a figure (the error breakdown): the first round's stands
+            numbers = [v for v in values if v is not None]
+            if not numbers:
+                changes[f.name] = None
+            elif all(isinstance(v, int) for v in numbers):
+                changes[f.name] = round(statistics.median(numbers))
+            else:
+                changes[f.name] = statistics.median(numbers)
         medians.append(replace(group[0], **changes))  # type: ignore[type-var]
     return medians
+
+
+_NOT_FIGURES = frozenset(("target", "connections", "round"))
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def median_ratios(
@@ -56,13 +69,3 @@ def median_ratios(
         medians[key] = statistics.median(values)
         spreads[key] = (min(values), max(values))
     return medians, spreads
-
-
-def per_round_ratios(
-    base: Sequence[R],
-    rounds: Sequence[Sequence[R]],
-    compute: Callable[[list[R]], dict[str, float]],
-) -> list[dict[str, float]]:
-    """``compute`` on each round's rows together with the rows measured once (``base``:
-    direct, naive)."""
-    return [compute([*base, *round_rows]) for round_rows in rounds]
